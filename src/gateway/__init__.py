@@ -1,0 +1,1 @@
+"""Kanmon gateway: the GraphQL edge and the transport-free domain the workers share."""

@@ -1,0 +1,165 @@
+"""Accounts and sessions: sign-up, password proof, bearer sessions, the A3 window."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from tortoise.exceptions import IntegrityError
+
+from gateway.accounts.clients import ClientKind
+from gateway.accounts.models import Session, User
+from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import new_token, token_digest
+from gateway.core.errors import (
+    BadUserInput,
+    InvalidCredentials,
+    RateLimited,
+    ReauthenticationRequired,
+    UsernameTaken,
+)
+from gateway.core.passwords import Passwords
+from gateway.core.throttle import WindowCounter
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.]{3,32}$")
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    """A new session with its bearer token: the token exists only in this answer (A2)."""
+
+    token: str
+    expires_at: datetime
+    client_kind: ClientKind
+
+
+@dataclass(frozen=True)
+class Client:
+    kind: ClientKind
+    name: str | None
+    ip_address: str | None
+
+
+def username_key(username: str) -> str:
+    return username.casefold()
+
+
+def validate_username(username: str) -> None:
+    if not USERNAME_PATTERN.fullmatch(username):
+        raise BadUserInput("Usernames have 3 to 32 letters, digits, '_' or '.'.")
+
+
+def validate_password_shape(password: str) -> None:
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise BadUserInput(f"Passwords have {MIN_PASSWORD} to {MAX_PASSWORD} characters.")
+
+
+class PasswordGuard:
+    """L3: wrong passwords are throttled per account and per IP in short Redis windows."""
+
+    def __init__(self, counter: WindowCounter, per_account: int, per_ip: int, window: int) -> None:
+        self._counter = counter
+        self._per_account = per_account
+        self._per_ip = per_ip
+        self._window = window
+
+    async def check(self, account_key: str, ip_address: str | None) -> None:
+        wait = await self._counter.blocked_for(f"pw:acct:{account_key}", self._per_account)
+        if ip_address:
+            wait = max(wait, await self._counter.blocked_for(f"pw:ip:{ip_address}", self._per_ip))
+        if wait:
+            raise RateLimited(wait)
+
+    async def failed(self, account_key: str, ip_address: str | None) -> None:
+        await self._counter.add(f"pw:acct:{account_key}", self._window)
+        if ip_address:
+            await self._counter.add(f"pw:ip:{ip_address}", self._window)
+
+    async def succeeded(self, account_key: str) -> None:
+        await self._counter.clear(f"pw:acct:{account_key}")
+
+
+class AccountService:
+    def __init__(
+        self,
+        passwords: Passwords,
+        guard: PasswordGuard,
+        session_ttl: timedelta,
+        reauth_window: timedelta,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.passwords = passwords
+        self.guard = guard
+        self._session_ttl = session_ttl
+        self._reauth_window = reauth_window
+        self._clock = clock
+
+    async def sign_up(self, username: str, password: str) -> User:
+        """A1: unique case-insensitive username, argon2id hash. Raises USERNAME_TAKEN."""
+        validate_username(username)
+        validate_password_shape(password)
+        key = username_key(username)
+        if await User.exists(username_key=key):
+            raise UsernameTaken()
+        password_hash = await self.passwords.hash(password)
+        try:
+            return await User.create(username=username, username_key=key, password_hash=password_hash)
+        except IntegrityError as exc:
+            raise UsernameTaken() from exc
+
+    async def find_user(self, username: str) -> User | None:
+        if len(username) > 64:
+            return None
+        return await User.get_or_none(username_key=username_key(username))
+
+    async def issue_session(
+        self, user_id: UUID, client: Client, *, password_proved: bool = True
+    ) -> IssuedSession:
+        """A2: an opaque random bearer token, stored only as its hash."""
+        now = self._clock()
+        token = new_token()
+        expires_at = now + self._session_ttl
+        await Session.create(
+            user_id=user_id,
+            token_hash=token_digest(token),
+            client_kind=client.kind,
+            client_name=client.name,
+            password_verified_at=now if password_proved else now - self._reauth_window,
+            expires_at=expires_at,
+        )
+        return IssuedSession(token=token, expires_at=expires_at, client_kind=client.kind)
+
+    async def session_for_token(self, token: str) -> Session | None:
+        """A valid (known, unrevoked, unexpired) session with its user, else None."""
+        if not token or len(token) > 128:
+            return None
+        session = await Session.get_or_none(
+            token_hash=token_digest(token), revoked_at__isnull=True, expires_at__gt=self._clock()
+        ).select_related("user")
+        return session
+
+    async def logout(self, session: Session) -> bool:
+        changed = await Session.filter(id=session.id, revoked_at__isnull=True).update(
+            revoked_at=self._clock()
+        )
+        return changed == 1
+
+    async def reauthenticate(self, session: Session, password: str, ip_address: str | None) -> None:
+        """A3: proving the password again opens the recent-authentication window."""
+        user = session.user
+        await self.guard.check(user.username_key, ip_address)
+        if len(password) > MAX_PASSWORD or not await self.passwords.verify(
+            user.password_hash, password
+        ):
+            await self.guard.failed(user.username_key, ip_address)
+            raise InvalidCredentials("The password is incorrect.")
+        await Session.filter(id=session.id).update(password_verified_at=self._clock())
+
+    def require_recent_auth(self, session: Session) -> None:
+        """A3: sensitive changes need the password proved within the window."""
+        if self._clock() - session.password_verified_at > self._reauth_window:
+            raise ReauthenticationRequired()

@@ -1,0 +1,102 @@
+"""The ASGI application: GraphQL on /graphql (HTTP and websocket), health and readiness."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from tortoise import connections
+
+from gateway.container import Services, build_services, connect_redis
+from gateway.core.db import close_database, open_database
+from gateway.graphql.schema import build_schema
+from gateway.graphql.view import KanmonGraphQL, RequestLimits
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(_: Request) -> JSONResponse:
+    """Liveness: the process answers. Dependencies are /readyz's business."""
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    """With `services` given (tests, embedding), the caller owns the database and Redis."""
+    holder: dict[str, Services] = {}
+    if services is not None:
+        holder["services"] = services
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if services is not None:
+            yield
+            return
+        await open_database(settings.resolved_database_url())
+        redis = await connect_redis(_require_redis(settings))
+        holder["services"] = build_services(settings, redis)
+        try:
+            yield
+        finally:
+            await holder["services"].close()
+            await close_database()
+
+    async def readyz(_: Request) -> JSONResponse:
+        """W2: ready when the database and Redis both answer."""
+        checks = {"database": False, "redis": False}
+        try:
+            await connections.get("default").execute_query("SELECT 1")
+            checks["database"] = True
+        except Exception:
+            log.warning("readiness: database unavailable")
+        try:
+            checks["redis"] = bool(await holder["services"].redis.ping())
+        except Exception:
+            log.warning("readiness: redis unavailable")
+        ready = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    schema = build_schema(development=settings.development)
+    graphql_app = _LazyGraphQL(holder, schema, settings)
+    routes = [
+        Route("/graphql", RequestLimits(graphql_app), methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql_app),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class _LazyGraphQL:
+    """The GraphQL view needs the services, which exist only once the lifespan has run."""
+
+    def __init__(self, holder: dict[str, Services], schema: object, settings: Settings) -> None:
+        self._holder = holder
+        self._schema = schema
+        self._settings = settings
+        self._view: KanmonGraphQL | None = None
+
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        if self._view is None:
+            self._view = KanmonGraphQL(
+                self._holder["services"],
+                schema=self._schema,
+                graphql_ide="graphiql" if self._settings.development else None,
+            )
+        await self._view(scope, receive, send)  # type: ignore[arg-type]
+
+
+def _require_redis(settings: Settings) -> str:
+    if not settings.redis_url:
+        from gateway.settings import ConfigurationError
+
+        raise ConfigurationError("KANMON_REDIS_URL is required (kanmon dev starts one for you)")
+    return settings.redis_url

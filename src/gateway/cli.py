@@ -1,0 +1,111 @@
+"""The `kanmon` command: dev, serve, worker, migrate, export-schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import ConfigurationError, Settings
+
+
+def _export_schema(_: argparse.Namespace) -> int:
+    from gateway.graphql.schema import build_schema
+
+    sys.stdout.write(str(build_schema(development=True)).rstrip() + "\n")
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from gateway.core.db import apply_migrations
+
+    settings = Settings()
+    asyncio.run(apply_migrations(settings.resolved_database_url()))
+    print("migrations applied")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    settings.secret_keys()  # fail fast on a missing or malformed key
+    if not settings.redis_url:
+        raise ConfigurationError("KANMON_REDIS_URL is required (kanmon dev starts one for you)")
+    uvicorn.run(
+        "gateway.asgi:app_from_environment",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        ws_per_message_deflate=False,
+        access_log=False,
+        log_level="warning",
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from gateway.logs import configure_logging
+    from workers.settings import worker_options
+
+    configure_logging()
+    settings = Settings()
+    options = worker_options(settings, args.queue)
+    if args.concurrency:
+        options["max_jobs"] = args.concurrency
+    worker = Worker(**options, burst=args.burst)
+    worker.run()
+    return 0
+
+
+def _dev(_: argparse.Namespace) -> int:
+    from gateway.dev import run_dev
+
+    os.environ.setdefault("KANMON_ENV", "development")
+    return asyncio.run(run_dev(Settings()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kanmon", description="Kanmon login verification")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="gateway, workers and (if needed) an embedded Redis, on SQLite")
+    serve = sub.add_parser("serve", help="the GraphQL gateway only")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    worker = sub.add_parser("worker", help="an arq worker for one queue")
+    worker.add_argument("--queue", required=True, choices=["sms", "push", "maintenance"])
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("export-schema", help="print the GraphQL SDL")
+    return parser
+
+
+COMMANDS = {
+    "dev": _dev,
+    "serve": _serve,
+    "worker": _worker,
+    "migrate": _migrate,
+    "export-schema": _export_schema,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigurationError as exc:
+        print(f"kanmon: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The composition root: `build_services` is called by the ASGI lifespan, arq's `on_startup`,
+the CLI and the tests, each with its own settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+from gateway.accounts.service import AccountService, PasswordGuard
+from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import SecretBox
+from gateway.core.jobs import deserialize, serialize
+from gateway.core.outbox import OutboxRelay
+from gateway.core.passwords import Passwords
+from gateway.core.throttle import WindowCounter
+from gateway.core.uow import UnitOfWorkFactory
+from gateway.factors.backup_codes.service import BackupCodeService
+from gateway.factors.temporary_passwords.service import TemporaryPasswordService
+from gateway.factors.totp.service import TotpService
+from gateway.login.service import LoginService
+from gateway.security.service import SecurityService
+from gateway.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: ArqRedis
+    box: SecretBox
+    relay: OutboxRelay
+    uow: UnitOfWorkFactory
+    accounts: AccountService
+    totp: TotpService
+    backup_codes: BackupCodeService
+    temporary_passwords: TemporaryPasswordService
+    login: LoginService
+    security: SecurityService
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def redis_settings(url: str) -> RedisSettings:
+    if url.startswith("unix://"):
+        settings = RedisSettings(unix_socket_path=url.removeprefix("unix://").split("?")[0])
+    else:
+        settings = RedisSettings.from_dsn(url)
+    settings.conn_timeout = 2
+    settings.conn_retries = 1
+    settings.conn_retry_delay = 0
+    return settings
+
+
+async def connect_redis(url: str) -> ArqRedis:
+    """One client for arq enqueues, throttles and (later) pub/sub: redis-py 5 asyncio."""
+    return await create_pool(
+        redis_settings(url),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+
+
+def build_services(
+    settings: Settings,
+    redis: ArqRedis,
+    *,
+    clock: Clock = utc_now,
+    passwords: Passwords | None = None,
+) -> Services:
+    box = SecretBox(settings.secret_keys())
+    relay = OutboxRelay(redis)
+    guard = PasswordGuard(
+        WindowCounter(redis),
+        per_account=settings.login_failures_per_account,
+        per_ip=settings.login_failures_per_ip,
+        window=settings.login_failure_window_seconds,
+    )
+    accounts = AccountService(
+        passwords or Passwords(),
+        guard,
+        session_ttl=timedelta(seconds=settings.session_ttl_seconds),
+        reauth_window=timedelta(seconds=settings.reauth_window_seconds),
+        clock=clock,
+    )
+    totp = TotpService(box, clock)
+    backup_codes = BackupCodeService(box, clock)
+    temporary = TemporaryPasswordService(
+        box, timedelta(seconds=settings.temporary_password_ttl_seconds), clock
+    )
+    login = LoginService(
+        accounts,
+        temporary,
+        [totp, backup_codes],
+        challenge_ttl=timedelta(seconds=settings.challenge_ttl_seconds),
+        clock=clock,
+    )
+    security = SecurityService(accounts, totp, backup_codes, temporary)
+    return Services(
+        settings=settings,
+        redis=redis,
+        box=box,
+        relay=relay,
+        uow=UnitOfWorkFactory(relay),
+        accounts=accounts,
+        totp=totp,
+        backup_codes=backup_codes,
+        temporary_passwords=temporary,
+        login=login,
+        security=security,
+    )
+
+

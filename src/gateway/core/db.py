@@ -1,0 +1,54 @@
+"""Tortoise configuration: one app, one connection, UTC everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tortoise import Tortoise
+
+MODEL_MODULES = [
+    "gateway.accounts.models",
+    "gateway.login.models",
+    "gateway.factors.totp.models",
+    "gateway.factors.backup_codes.models",
+    "gateway.factors.temporary_passwords.models",
+    "gateway.core.outbox",
+    "gateway.core.audit",
+]
+
+APP_LABEL = "kanmon"
+
+
+def tortoise_config(database_url: str) -> dict[str, Any]:
+    return {
+        "connections": {"default": database_url},
+        "apps": {
+            APP_LABEL: {
+                "models": MODEL_MODULES,
+                "default_connection": "default",
+                "migrations": "gateway.migrations",
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+# Read by `tortoise makemigrations` through [tool.tortoise]; it never connects to this database.
+MIGRATION_CONFIG = tortoise_config("sqlite://:memory:")
+
+
+async def open_database(database_url: str) -> None:
+    await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
+
+
+async def close_database() -> None:
+    await Tortoise.close_connections()
+
+
+async def apply_migrations(database_url: str) -> None:
+    """Brings the schema up to date through the migration files, never `generate_schemas`."""
+    from tortoise.migrations.api import migrate
+
+    await migrate(config=tortoise_config(database_url))
+    await Tortoise.close_connections()

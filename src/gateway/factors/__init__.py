@@ -1,0 +1,1 @@
+"""One package per second factor, each with the same files: models, store, service, errors."""

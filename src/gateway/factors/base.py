@@ -1,0 +1,57 @@
+"""What every factor shares: the method and client enums, and the verification protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+from uuid import UUID
+
+from gateway.accounts.clients import ClientKind
+from gateway.core.errors import DomainError
+from gateway.core.uow import UnitOfWork
+
+
+class TwoFactorMethod(str, Enum):
+    PUSH = "PUSH"
+    SMS = "SMS"
+    TOTP = "TOTP"
+    APP_CODE = "APP_CODE"
+    BACKUP_CODE = "BACKUP_CODE"
+
+
+# API.md: LoginChallenge.methods are listed in this order.
+METHOD_ORDER = list(TwoFactorMethod)
+PRIMARY_METHODS = frozenset({TwoFactorMethod.PUSH, TwoFactorMethod.SMS, TwoFactorMethod.TOTP})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking one code. A rejection may already have changed state (B4's
+    invalidation), which must commit even though the caller reports an error."""
+
+    accepted: bool
+    error: DomainError | None = None
+
+
+ACCEPTED = Verdict(accepted=True)
+
+
+class CodeFactor(Protocol):
+    """A factor whose proof is a code typed by the user; the login service drives it."""
+
+    method: TwoFactorMethod
+
+    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
+        """Whether a challenge for this client can be completed with this factor now."""
+        ...
+
+    def client_refusal(self, client: ClientKind) -> DomainError | None:
+        """An error for clients that may never use this factor (L7), else None."""
+        ...
+
+    async def verify(
+        self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
+    ) -> Verdict:
+        """Checks a code inside the caller's transaction, with the user's row locked."""
+        ...

@@ -1,0 +1,99 @@
+"""The authenticator app factor (T1, T2, T3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from gateway.accounts.clients import ClientKind
+from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import SecretBox
+from gateway.core.errors import DomainError
+from gateway.core.uow import UnitOfWork
+from gateway.factors.base import ACCEPTED, TwoFactorMethod, Verdict
+from gateway.factors.totp import otp
+from gateway.factors.totp.errors import TotpNotPending, WrongTotpCode
+from gateway.factors.totp.models import TotpCredential
+
+ISSUER = "Kanmon"
+
+
+def _context(user_id: UUID) -> str:
+    return f"totp:{user_id}"
+
+
+@dataclass(frozen=True)
+class TotpEnrollment:
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+
+
+class TotpService:
+    method = TwoFactorMethod.TOTP
+
+    def __init__(self, box: SecretBox, clock: Clock = utc_now) -> None:
+        self._box = box
+        self._clock = clock
+
+    async def begin(self, user_id: UUID, username: str) -> TotpEnrollment:
+        """T1: a new secret, shown once; TOTP stays off until `confirm`."""
+        secret = otp.new_secret()
+        sealed = self._box.encrypt(secret, context=_context(user_id))
+        credential, created = await TotpCredential.get_or_create(
+            user_id=user_id, defaults={"pending_secret_encrypted": sealed}
+        )
+        if not created:
+            credential.pending_secret_encrypted = sealed
+            await credential.save(update_fields=["pending_secret_encrypted"])
+        uri = otp.provisioning_uri(secret, username, ISSUER)
+        return TotpEnrollment(secret=secret, otpauth_uri=uri, qr_svg=otp.qr_svg(uri))
+
+    async def confirm(self, user_id: UUID, code: str) -> None:
+        """T1: a valid code from the pending secret turns TOTP on. Raises INVALID_CODE."""
+        credential = await TotpCredential.get_or_none(user_id=user_id)
+        if credential is None or credential.pending_secret_encrypted is None:
+            raise TotpNotPending()
+        secret = self._box.decrypt(credential.pending_secret_encrypted, context=_context(user_id))
+        step = otp.matching_step(secret, code, self._clock(), after_step=-1)
+        if step is None:
+            raise WrongTotpCode()
+        credential.secret_encrypted = credential.pending_secret_encrypted
+        credential.pending_secret_encrypted = None
+        credential.last_step = step
+        credential.confirmed_at = self._clock()
+        await credential.save()
+
+    async def enabled(self, user_id: UUID) -> bool:
+        return await TotpCredential.exists(user_id=user_id, secret_encrypted__isnull=False)
+
+    async def remove(self, user_id: UUID) -> bool:
+        return await TotpCredential.filter(user_id=user_id).delete() > 0
+
+    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
+        return await self.enabled(user_id)
+
+    def client_refusal(self, client: ClientKind) -> DomainError | None:
+        return None
+
+    async def verify(
+        self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
+    ) -> Verdict:
+        """T2: accepts a code within one step of drift, once per time step (no replay)."""
+        credential = await TotpCredential.get_or_none(user_id=user_id, secret_encrypted__isnull=False)
+        if credential is None or credential.secret_encrypted is None:
+            return Verdict(accepted=False, error=WrongTotpCode())
+        secret = self._box.decrypt(credential.secret_encrypted, context=_context(user_id))
+        step = otp.matching_step(secret, code, self._clock(), after_step=credential.last_step)
+        if step is None:
+            return Verdict(accepted=False, error=WrongTotpCode())
+        claimed = await TotpCredential.filter(id=credential.id, last_step__lt=step).update(
+            last_step=step
+        )
+        if claimed != 1:
+            return Verdict(accepted=False, error=WrongTotpCode())
+        if self._box.needs_rotation(credential.secret_encrypted):
+            await TotpCredential.filter(id=credential.id).update(
+                secret_encrypted=self._box.encrypt(secret, context=_context(user_id))
+            )
+        return ACCEPTED

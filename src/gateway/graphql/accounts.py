@@ -1,0 +1,117 @@
+"""Accounts and sessions over GraphQL: signUp, login, logout, reauthenticate, viewer."""
+
+from __future__ import annotations
+
+import strawberry
+
+from gateway.accounts.service import Client
+from gateway.core import audit
+from gateway.graphql.context import Info
+from gateway.graphql.types import (
+    ClientInput,
+    LoginChallenge,
+    LoginResult,
+    PageInfo,
+    SecurityEvent,
+    SecurityEventConnection,
+    SecurityEventEdge,
+    SecuritySettings,
+    Session,
+    decode_cursor,
+    encode_cursor,
+)
+from gateway.core.errors import BadUserInput
+from gateway.login.service import ChallengeView
+
+MAX_PAGE = 100
+
+
+def client_of(info: Info, client: ClientInput) -> Client:
+    if client.name is not None and len(client.name) > 128:
+        raise BadUserInput("Client names have at most 128 characters.")
+    return Client(kind=client.kind, name=client.name, ip_address=info.context.ip_address)
+
+
+@strawberry.type
+class Viewer:
+    id: strawberry.ID
+    username: str
+
+    @strawberry.field
+    async def security_settings(self, info: Info) -> SecuritySettings:
+        view = await info.context.services.security.settings(_user_id(self))
+        return SecuritySettings.of(view)
+
+    @strawberry.field
+    async def security_events(
+        self, info: Info, first: int = 20, after: str | None = None
+    ) -> SecurityEventConnection:
+        """F3: newest first, Relay-style pages."""
+        if not 1 <= first <= MAX_PAGE:
+            raise BadUserInput(f"first must be between 1 and {MAX_PAGE}.")
+        before = decode_cursor(after) if after else None
+        rows, more = await audit.page(_user_id(self), first=first, before_id=before)
+        edges = [SecurityEventEdge(node=SecurityEvent.of(r), cursor=encode_cursor(r.id)) for r in rows]
+        end = edges[-1].cursor if edges else None
+        return SecurityEventConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))
+
+
+def _user_id(viewer: Viewer) -> str:
+    return str(viewer.id)
+
+
+@strawberry.type
+class AccountQuery:
+    @strawberry.field
+    async def viewer(self, info: Info) -> Viewer | None:
+        """Null without a valid session (missing, unknown, revoked or expired token)."""
+        session = await info.context.session()
+        if session is None:
+            return None
+        return Viewer(id=strawberry.ID(str(session.user.id)), username=session.user.username)
+
+
+@strawberry.type
+class AccountMutation:
+    @strawberry.mutation
+    async def sign_up(
+        self, info: Info, username: str, password: str, client: ClientInput
+    ) -> Session:
+        """A1: a new account and its first session."""
+        services = info.context.services
+        caller = client_of(info, client)
+        async with services.uow():
+            user = await services.accounts.sign_up(username, password)
+            issued = await services.accounts.issue_session(user.id, caller)
+        return Session.of(issued)
+
+    @strawberry.mutation
+    async def login(
+        self, info: Info, username: str, password: str, client: ClientInput
+    ) -> LoginResult:
+        """L1, L2, L3, L6."""
+        services = info.context.services
+        caller = client_of(info, client)
+        async with services.uow():
+            outcome = await services.login.login(username, password, caller)
+        result = outcome.unwrap()
+        if isinstance(result, ChallengeView):
+            return LoginChallenge.of(result)
+        return Session.of(result)
+
+    @strawberry.mutation
+    async def logout(self, info: Info) -> bool:
+        """A2: revokes the caller's session; false without one."""
+        session = await info.context.session()
+        if session is None:
+            return False
+        return await info.context.services.accounts.logout(session)
+
+    @strawberry.mutation
+    async def reauthenticate(self, info: Info, password: str) -> bool:
+        """A3: opens the recent-authentication window."""
+        session = await info.context.require_session()
+        await info.context.services.accounts.reauthenticate(
+            session, password, info.context.ip_address
+        )
+        return True

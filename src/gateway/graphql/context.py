@@ -1,0 +1,55 @@
+"""Per-request context: the services, the caller's session (resolved once) and client facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from strawberry.types import Info as StrawberryInfo
+
+from gateway.accounts.models import Session
+from gateway.container import Services
+from gateway.core.errors import Unauthenticated
+
+
+@dataclass
+class GraphQLContext:
+    request: HTTPConnection
+    response: Any
+    services: Services
+    # Strawberry fills this from `connection_init` on websockets; the attribute must exist.
+    connection_params: dict[str, Any] | None = None
+    verifications: int = 0
+    _session: Session | None = field(default=None, repr=False)
+    _session_loaded: bool = field(default=False, repr=False)
+
+    @property
+    def ip_address(self) -> str | None:
+        return self.request.client.host if self.request.client else None
+
+    def bearer_token(self) -> str | None:
+        header = self.request.headers.get("authorization", "")
+        if not header and self.connection_params:
+            header = str(self.connection_params.get("authorization", ""))
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return token.strip()
+
+    async def session(self) -> Session | None:
+        """G4: the bearer token's session, looked up once per request."""
+        if not self._session_loaded:
+            token = self.bearer_token()
+            self._session = await self.services.accounts.session_for_token(token) if token else None
+            self._session_loaded = True
+        return self._session
+
+    async def require_session(self) -> Session:
+        session = await self.session()
+        if session is None:
+            raise Unauthenticated()
+        return session
+
+
+Info = StrawberryInfo[GraphQLContext, None]

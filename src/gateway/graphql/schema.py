@@ -1,0 +1,66 @@
+"""The schema: one merged Query and Mutation, the limits, the caches and the error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaxTokensLimiter,
+    ParserCache,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+
+from gateway.graphql.accounts import AccountMutation, AccountQuery
+from gateway.graphql.errors import ErrorCodes
+from gateway.graphql.factors.backup_codes import BackupCodeMutation
+from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutation
+from gateway.graphql.factors.totp import TotpMutation
+from gateway.graphql.limits import MAX_TOKENS, DocumentLimitsRule
+from gateway.graphql.login import LoginMutation, LoginQuery
+from gateway.graphql.security import SecurityMutation
+
+Query = merge_types("Query", (AccountQuery, LoginQuery))
+Mutation = merge_types(
+    "Mutation",
+    (
+        AccountMutation,
+        LoginMutation,
+        TotpMutation,
+        SecurityMutation,
+        BackupCodeMutation,
+        TemporaryPasswordMutation,
+    ),
+)
+
+
+class KanmonSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Expected errors are not log noise; `ErrorCodes` logs the unexpected ones."""
+
+
+def build_schema(*, development: bool) -> strawberry.Schema:
+    extensions: list[type[SchemaExtension] | SchemaExtension | Any] = [
+        ErrorCodes,
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: AddValidationRules([DocumentLimitsRule]),
+        lambda: ParserCache(maxsize=1024),
+        lambda: ValidationCache(maxsize=1024),
+    ]
+    if not development:
+        extensions.append(DisableIntrospection)
+    return KanmonSchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        config=StrawberryConfig(disable_field_suggestions=not development),
+    )

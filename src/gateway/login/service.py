@@ -1,0 +1,214 @@
+"""Login with challenges (L1-L7): password first, then one second factor, one session, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from gateway.accounts.clients import ClientKind
+from gateway.accounts.service import AccountService, Client, IssuedSession
+from gateway.accounts.store import lock_user
+from gateway.core import audit
+from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import new_token, same_digest, token_digest
+from gateway.core.errors import (
+    BadUserInput,
+    ChallengeClosed,
+    ChallengeExpired,
+    ChallengeLocked,
+    DomainError,
+    InvalidCredentials,
+    MethodNotAvailable,
+    NotFound,
+)
+from gateway.core.outcome import Outcome
+from gateway.core.uow import UnitOfWork
+from gateway.factors.base import METHOD_ORDER, CodeFactor, TwoFactorMethod
+from gateway.factors.temporary_passwords.service import TemporaryPasswordService
+from gateway.login import throttle
+from gateway.login.models import ChallengeStatus, LoginChallenge
+
+MAX_WRONG_CODES = 5
+MAX_CODE_LENGTH = 64
+MAX_PASSWORD_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class ChallengeView:
+    id: UUID
+    token: str
+    status: ChallengeStatus
+    methods: list[TwoFactorMethod]
+    expires_at: datetime
+
+
+LoginResult = IssuedSession | ChallengeView
+
+
+def parse_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except (ValueError, AttributeError) as exc:
+        raise BadUserInput("Malformed id.") from exc
+
+
+def current_status(challenge: LoginChallenge, now: datetime) -> ChallengeStatus:
+    """Expiry is derived from the clock, so no job has to run for a challenge to expire."""
+    if challenge.status is ChallengeStatus.PENDING and challenge.expires_at <= now:
+        return ChallengeStatus.EXPIRED
+    return challenge.status
+
+
+class LoginService:
+    def __init__(
+        self,
+        accounts: AccountService,
+        temporary_passwords: TemporaryPasswordService,
+        factors: list[CodeFactor],
+        challenge_ttl: timedelta,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._accounts = accounts
+        self._temporary = temporary_passwords
+        self._factors = {factor.method: factor for factor in factors}
+        self._ttl = challenge_ttl
+        self._clock = clock
+
+    async def login(self, username: str, password: str, client: Client) -> Outcome[LoginResult]:
+        """L1, L2, L3, L6. Wrong passwords all look alike; the throttle runs before argon2."""
+        if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
+            raise BadUserInput("Username or password too long.")
+        key = username.casefold()
+        await self._accounts.guard.check(key, client.ip_address)
+        user = await self._accounts.find_user(username)
+        password_ok = await self._accounts.passwords.verify(
+            user.password_hash if user else None, password
+        )
+        if user is None:
+            await self._accounts.guard.failed(key, client.ip_address)
+            return Outcome(error=InvalidCredentials())
+        if not password_ok:
+            if await self._temporary.consume(user.id, password):
+                await audit.record(
+                    user.id, "login.succeeded", detail="temporary_password", ip_address=client.ip_address
+                )
+                return Outcome(value=await self._accounts.issue_session(user.id, client))
+            await self._accounts.guard.failed(key, client.ip_address)
+            await audit.record(user.id, "login.failed", detail="password", ip_address=client.ip_address)
+            return Outcome(error=InvalidCredentials())
+        await self._accounts.guard.succeeded(key)
+        if not user.two_factor_enabled:
+            await audit.record(user.id, "login.succeeded", detail="password", ip_address=client.ip_address)
+            return Outcome(value=await self._accounts.issue_session(user.id, client))
+        return Outcome(value=await self._open_challenge(user.id, client))
+
+    async def _open_challenge(self, user_id: UUID, client: Client) -> ChallengeView:
+        """L2: an id and a secret token for the waiting client, listing the methods it can use."""
+        methods = [
+            method
+            for method in METHOD_ORDER
+            if method in self._factors and await self._factors[method].offered(user_id, client.kind)
+        ]
+        token = new_token()
+        expires_at = self._clock() + self._ttl
+        challenge = await LoginChallenge.create(
+            user_id=user_id,
+            token_hash=token_digest(token),
+            client_kind=client.kind,
+            client_name=client.name,
+            ip_address=client.ip_address,
+            methods=[m.value for m in methods],
+            expires_at=expires_at,
+        )
+        return ChallengeView(challenge.id, token, ChallengeStatus.PENDING, methods, expires_at)
+
+    async def find_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
+        """The challenge token is the credential: a wrong one is NOT_FOUND, as is an unknown id."""
+        parsed = parse_id(challenge_id)
+        if len(token) > 128:
+            raise NotFound()
+        challenge = await LoginChallenge.get_or_none(id=parsed)
+        if challenge is None or not same_digest(challenge.token_hash, token_digest(token)):
+            raise NotFound()
+        return challenge
+
+    async def view(self, challenge_id: str, token: str) -> ChallengeView:
+        challenge = await self.find_challenge(challenge_id, token)
+        return ChallengeView(
+            challenge.id,
+            token,
+            current_status(challenge, self._clock()),
+            [TwoFactorMethod(m) for m in challenge.methods],
+            challenge.expires_at,
+        )
+
+    async def verify(
+        self,
+        challenge_id: str,
+        token: str,
+        method: TwoFactorMethod,
+        code: str,
+        ip_address: str | None,
+        work: UnitOfWork,
+    ) -> Outcome[IssuedSession]:
+        """L2, L5, L7, F5: one code against one challenge; a success spends the challenge and
+        issues exactly one session. Wrong codes are counted and committed before the error is
+        reported."""
+        if len(code) > MAX_CODE_LENGTH:
+            raise BadUserInput("The code is too long.")
+        found = await self.find_challenge(challenge_id, token)
+        await lock_user(found.user_id)
+        challenge = await LoginChallenge.select_for_update().get(id=found.id)
+        now = self._clock()
+        self._check_open(challenge, now)
+        factor = self._factors.get(method)
+        refusal = factor.client_refusal(challenge.client_kind) if factor else None
+        if refusal is not None:
+            raise refusal
+        if factor is None or method.value not in challenge.methods:
+            raise MethodNotAvailable("This challenge cannot be completed with that method.")
+        await throttle.check(challenge.user_id, method, now)
+        verdict = await factor.verify(challenge.user_id, code, challenge.client_kind, work)
+        if not verdict.accepted:
+            return Outcome(error=await self._wrong_code(challenge, method, verdict.error, now))
+        await throttle.succeeded(challenge.user_id, method)
+        await LoginChallenge.filter(id=challenge.id).update(
+            status=ChallengeStatus.COMPLETED, completed_at=now
+        )
+        await audit.record(
+            challenge.user_id, "login.succeeded", detail=method.value, ip_address=ip_address
+        )
+        if method is TwoFactorMethod.BACKUP_CODE:
+            await audit.record(challenge.user_id, "backup_code.used", ip_address=ip_address)
+        client = Client(challenge.client_kind, challenge.client_name, ip_address)
+        return Outcome(value=await self._accounts.issue_session(challenge.user_id, client))
+
+    def _check_open(self, challenge: LoginChallenge, now: datetime) -> None:
+        status = current_status(challenge, now)
+        if status is ChallengeStatus.EXPIRED:
+            raise ChallengeExpired()
+        if status is ChallengeStatus.LOCKED:
+            raise ChallengeLocked()
+        if status is not ChallengeStatus.PENDING:
+            raise ChallengeClosed()
+
+    async def _wrong_code(
+        self,
+        challenge: LoginChallenge,
+        method: TwoFactorMethod,
+        error: DomainError | None,
+        now: datetime,
+    ) -> DomainError:
+        """L2: the 5th wrong code locks the challenge; F5: every wrong code feeds the back-off."""
+        await throttle.failed(challenge.user_id, method, now)
+        attempts = challenge.wrong_attempts + 1
+        locked = attempts >= MAX_WRONG_CODES
+        await LoginChallenge.filter(id=challenge.id).update(
+            wrong_attempts=attempts,
+            status=ChallengeStatus.LOCKED if locked else ChallengeStatus.PENDING,
+        )
+        await audit.record(challenge.user_id, "login.failed", detail=method.value)
+        if locked and not (error is not None and error.code == "BACKUP_CODE_OUT_OF_ORDER"):
+            return ChallengeLocked()
+        return error or MethodNotAvailable()

@@ -1,0 +1,35 @@
+"""F5: the per-account, per-method back-off, kept in the database inside the caller's
+transaction (the user's row is locked, so the read-modify-write cannot race)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from gateway.core.errors import RateLimited
+from gateway.core.throttle import backoff_seconds
+from gateway.factors.base import TwoFactorMethod
+from gateway.login.models import FactorThrottle
+
+
+async def check(user_id: UUID, method: TwoFactorMethod, now: datetime) -> None:
+    """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs."""
+    row = await FactorThrottle.get_or_none(user_id=user_id, method=method.value)
+    if row is not None and row.blocked_until is not None and row.blocked_until > now:
+        raise RateLimited(math.ceil((row.blocked_until - now).total_seconds()))
+
+
+async def failed(user_id: UUID, method: TwoFactorMethod, now: datetime) -> None:
+    row, _ = await FactorThrottle.get_or_create(user_id=user_id, method=method.value)
+    row.consecutive_failures += 1
+    wait = backoff_seconds(row.consecutive_failures)
+    row.blocked_until = now + timedelta(seconds=wait) if wait else None
+    await row.save(update_fields=["consecutive_failures", "blocked_until"])
+
+
+async def succeeded(user_id: UUID, method: TwoFactorMethod) -> None:
+    """A success resets only its own method's counter."""
+    await FactorThrottle.filter(user_id=user_id, method=method.value).update(
+        consecutive_failures=0, blocked_until=None
+    )

@@ -1,0 +1,148 @@
+"""Two-factor state and the settings page (F1, F2, A3, B1, S6/P7's "last method" rule)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from gateway.accounts.models import Session, User
+from gateway.accounts.service import AccountService
+from gateway.accounts.store import lock_user
+from gateway.core import audit
+from gateway.core.errors import BadUserInput, MethodNotAvailable
+from gateway.core.jobs import JOB_NOTICE_SEND, QUEUE_MAINTENANCE, JobRequest
+from gateway.core.notices import Notice
+from gateway.core.uow import UnitOfWork
+from gateway.factors.backup_codes.service import BackupCodeService, IssuedBackupCode
+from gateway.factors.base import PRIMARY_METHODS, TwoFactorMethod
+from gateway.factors.temporary_passwords.service import (
+    IssuedTemporaryPassword,
+    TemporaryPasswordService,
+)
+from gateway.factors.totp.service import TotpEnrollment, TotpService
+
+
+@dataclass(frozen=True)
+class SettingsView:
+    two_factor_enabled: bool
+    methods: list[TwoFactorMethod]
+    totp_enabled: bool
+    backup_codes_active: int
+    temporary_password_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SettingsChange:
+    settings: SettingsView
+    two_factor_disabled: bool
+
+
+class SecurityService:
+    def __init__(
+        self,
+        accounts: AccountService,
+        totp: TotpService,
+        backup_codes: BackupCodeService,
+        temporary_passwords: TemporaryPasswordService,
+    ) -> None:
+        self._accounts = accounts
+        self._totp = totp
+        self._backup = backup_codes
+        self._temporary = temporary_passwords
+
+    async def settings(self, user_id: UUID) -> SettingsView:
+        """F2: what the account has; never a secret or a code."""
+        user = await User.get(id=user_id)
+        totp_on = await self._totp.enabled(user_id)
+        active = await self._backup.active_count(user_id)
+        methods = [TwoFactorMethod.TOTP] if totp_on else []
+        if active:
+            methods.append(TwoFactorMethod.BACKUP_CODE)
+        return SettingsView(
+            two_factor_enabled=user.two_factor_enabled,
+            methods=methods,
+            totp_enabled=totp_on,
+            backup_codes_active=active,
+            temporary_password_expires_at=await self._temporary.expires_at(user_id),
+        )
+
+    async def primary_methods(self, user_id: UUID) -> set[TwoFactorMethod]:
+        found = {TwoFactorMethod.TOTP} if await self._totp.enabled(user_id) else set()
+        return found & PRIMARY_METHODS
+
+    async def begin_totp(self, session: Session) -> TotpEnrollment:
+        return await self._totp.begin(session.user.id, session.user.username)
+
+    async def confirm_totp(self, session: Session, code: str) -> SettingsView:
+        """T1: TOTP is on once a code from the new secret is accepted."""
+        await self._totp.confirm(session.user.id, code)
+        await audit.record(session.user.id, "totp.enabled")
+        return await self.settings(session.user.id)
+
+    async def remove_totp(self, session: Session, work: UnitOfWork) -> SettingsChange:
+        """A3; when TOTP was the last primary method, 2FA turns off with it."""
+        self._accounts.require_recent_auth(session)
+        user_id = session.user.id
+        await lock_user(user_id)
+        if not await self._totp.remove(user_id):
+            raise MethodNotAvailable("No authenticator is enrolled.")
+        await audit.record(user_id, "totp.removed")
+        disabled = await self._after_method_removed(user_id, work)
+        return SettingsChange(await self.settings(user_id), disabled)
+
+    async def enable(self, session: Session, work: UnitOfWork) -> tuple[SettingsView, IssuedBackupCode]:
+        """F1, B1: needs a verified primary method; answers with the first backup code."""
+        user = await lock_user(session.user.id)
+        if user.two_factor_enabled:
+            raise BadUserInput("Two-factor authentication is already on.")
+        if not await self.primary_methods(user.id):
+            raise MethodNotAvailable("Verify a phone, an authenticator or a device first.")
+        await User.filter(id=user.id).update(two_factor_enabled=True)
+        await audit.record(user.id, "two_factor.enabled")
+        code = await self._backup.issue_next(user.id)
+        return await self.settings(user.id), code
+
+    async def disable(self, session: Session, work: UnitOfWork) -> SettingsView:
+        """F1, A3: turning 2FA off invalidates the backup codes."""
+        self._accounts.require_recent_auth(session)
+        await lock_user(session.user.id)
+        await self._turn_off(session.user.id, work, reason="user")
+        return await self.settings(session.user.id)
+
+    async def new_backup_code(self, session: Session) -> IssuedBackupCode:
+        """B2: only while 2FA is on; at most 5 active."""
+        user = await lock_user(session.user.id)
+        if not user.two_factor_enabled:
+            raise MethodNotAvailable("Turn two-factor authentication on first.")
+        return await self._backup.issue_next(user.id)
+
+    async def create_temporary_password(self, session: Session) -> IssuedTemporaryPassword:
+        """L6, A3."""
+        self._accounts.require_recent_auth(session)
+        issued = await self._temporary.create(session.user.id)
+        await audit.record(session.user.id, "temporary_password.created")
+        return issued
+
+    async def _after_method_removed(self, user_id: UUID, work: UnitOfWork) -> bool:
+        user = await User.get(id=user_id)
+        if user.two_factor_enabled and not await self.primary_methods(user_id):
+            await self._turn_off(user_id, work, reason="last_method_removed")
+            return True
+        return False
+
+    async def _turn_off(self, user_id: UUID, work: UnitOfWork, *, reason: str) -> None:
+        changed = await User.filter(id=user_id, two_factor_enabled=True).update(
+            two_factor_enabled=False
+        )
+        if not changed:
+            return
+        await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
+        await audit.record(user_id, "two_factor.disabled", detail=reason)
+        await work.enqueue(
+            JobRequest(
+                name=JOB_NOTICE_SEND,
+                queue=QUEUE_MAINTENANCE,
+                payload={"user_id": str(user_id), "notice": Notice.TWO_FACTOR_DISABLED.value},
+            )
+        )

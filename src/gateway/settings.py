@@ -1,0 +1,103 @@
+"""One settings class for every process; built once in an entry point and passed down."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(str, Enum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Configuration read from `KANMON_*` variables (API.md lists them)."""
+
+    model_config = SettingsConfigDict(env_prefix="KANMON_", extra="ignore")
+
+    env: Environment = Environment.PRODUCTION
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None
+    secret_key: SecretStr | None = None
+    old_secret_keys: SecretStr = SecretStr("")
+
+    challenge_ttl_seconds: int = Field(default=600, ge=30)
+    reauth_window_seconds: int = Field(default=900, ge=30)
+    session_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
+    temporary_password_ttl_seconds: int = Field(default=3600, ge=60)
+
+    login_failures_per_account: int = Field(default=10, ge=1)
+    login_failures_per_ip: int = Field(default=100, ge=1)
+    login_failure_window_seconds: int = Field(default=900, ge=1)
+
+    outbox_sweep_after_seconds: int = Field(default=5, ge=1)
+    worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
+
+    @field_validator("secret_key", "old_secret_keys", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def development(self) -> bool:
+        return self.env is Environment.DEVELOPMENT
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite://{(self.data_dir / 'kanmon.sqlite3').as_posix()}"
+
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def secret_keys(self) -> list[bytes]:
+        """The current key first, then the earlier ones still accepted for decryption (T3)."""
+        current = self._current_key()
+        old_text = self.old_secret_keys.get_secret_value() if self.old_secret_keys else ""
+        old = [decode_key(part.strip()) for part in old_text.split(",") if part.strip()]
+        return [current, *old]
+
+    def _current_key(self) -> bytes:
+        if self.secret_key is not None:
+            return decode_key(self.secret_key.get_secret_value())
+        if not self.development:
+            raise ConfigurationError("KANMON_SECRET_KEY is required outside development")
+        return _development_key(self.data_dir)
+
+
+class ConfigurationError(RuntimeError):
+    """A setting is missing or malformed; the process cannot start."""
+
+
+def decode_key(text: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:
+        raise ConfigurationError("secret keys must be urlsafe base64") from exc
+    if len(key) != 32:
+        raise ConfigurationError("secret keys must decode to 32 bytes")
+    return key
+
+
+def new_key_text() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _development_key(data_dir: Path) -> bytes:
+    """Development keeps a generated key beside its database so restarts can still decrypt."""
+    path = data_dir / "secret.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_key_text())
+        path.chmod(0o600)
+    return decode_key(path.read_text().strip())

@@ -1,0 +1,1 @@
+"""Job functions: parse the payload, call one service, record the outcome."""

@@ -1,0 +1,37 @@
+"""Maintenance jobs: backup-code invalidation follow-up, notices, the outbox sweeper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from gateway.container import Services
+from gateway.core import audit
+from gateway.core.notices import Notice, Notifier
+
+
+async def backup_codes_invalidate(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    """B4: the codes are already invalid (same transaction as the check); this records the
+    event once, even when the job runs twice, and tells the user on their other channels."""
+    notifier: Notifier = ctx["notifier"]
+    user_id = UUID(payload["user_id"])
+    await audit.record(
+        user_id,
+        "backup_codes.invalidated",
+        detail=f"{payload.get('reason', 'unknown')}: {int(payload.get('count', 0))} codes",
+        dedupe_key=f"job:{ctx['job_id']}",
+    )
+    await notifier.notify(user_id, Notice.BACKUP_CODES_INVALIDATED)
+
+
+async def notices_send(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+    notifier: Notifier = ctx["notifier"]
+    await notifier.notify(UUID(payload["user_id"]), Notice(payload["notice"]))
+
+
+async def outbox_sweep(ctx: dict[str, Any]) -> int:
+    """S4: re-enqueues outbox rows whose hand-off to Redis was lost."""
+    services: Services = ctx["services"]
+    after = timedelta(seconds=services.settings.outbox_sweep_after_seconds)
+    return await services.relay.sweep(after)
