@@ -37,7 +37,9 @@ async def test_l2_l5_login_with_totp_after_enabling_two_factor(
     backup = enabled["backupCode"]["code"]
     session = (
         await data(
-            client, VERIFY, {"id": login["id"], "t": login["token"], "m": "BACKUP_CODE", "c": backup}
+            client,
+            VERIFY,
+            {"id": login["id"], "t": login["token"], "m": "BACKUP_CODE", "c": backup},
         )
     )["verifyLoginChallenge"]
     viewer = (await data(client, SETTINGS, token=session["token"]))["viewer"]

@@ -110,5 +110,3 @@ def build_services(
         login=login,
         security=security,
     )
-
-

@@ -65,7 +65,9 @@ async def _serve_all(settings: Settings) -> int:
     server = uvicorn.Server(config)
     workers = [Worker(**worker_options(settings, q), handle_signals=False) for q in QUEUES]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
-    print(f"Kanmon is running. GraphiQL: http://{settings.host}:{settings.port}/graphql", flush=True)
+    print(
+        f"Kanmon is running. GraphiQL: http://{settings.host}:{settings.port}/graphql", flush=True
+    )
     try:
         await server.serve()
     finally:

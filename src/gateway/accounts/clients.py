@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class ClientKind(str, Enum):
+class ClientKind(StrEnum):
     WEB = "WEB"
     MOBILE_WEB = "MOBILE_WEB"
     IOS = "IOS"

@@ -107,7 +107,9 @@ class AccountService:
             raise UsernameTaken()
         password_hash = await self.passwords.hash(password)
         try:
-            return await User.create(username=username, username_key=key, password_hash=password_hash)
+            return await User.create(
+                username=username, username_key=key, password_hash=password_hash
+            )
         except IntegrityError as exc:
             raise UsernameTaken() from exc
 

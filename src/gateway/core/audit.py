@@ -39,7 +39,9 @@ async def record(
     await SecurityEvent.create(user_id=user_id, kind=kind, detail=detail, ip_address=ip_address)
 
 
-async def page(user_id: Any, *, first: int, before_id: int | None) -> tuple[list[SecurityEvent], bool]:
+async def page(
+    user_id: Any, *, first: int, before_id: int | None
+) -> tuple[list[SecurityEvent], bool]:
     query = SecurityEvent.filter(user_id=user_id)
     if before_id is not None:
         query = query.filter(id__lt=before_id)

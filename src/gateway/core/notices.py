@@ -7,14 +7,14 @@ only: the logging policy forbids codes, secrets, numbers and tokens).
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
 log = logging.getLogger(__name__)
 
 
-class Notice(str, Enum):
+class Notice(StrEnum):
     BACKUP_CODES_INVALIDATED = "backup_codes_invalidated"
     TWO_FACTOR_DISABLED = "two_factor_disabled"
     PHONE_REMOVED = "phone_removed"

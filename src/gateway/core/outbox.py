@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from arq.connections import ArqRedis
 from tortoise import fields
@@ -20,7 +21,7 @@ class OutboxMessage(Model):
     id = fields.UUIDField(primary_key=True)
     queue = fields.CharField(max_length=32)
     job_name = fields.CharField(max_length=64)
-    payload = fields.JSONField()
+    payload: fields.JSONField[dict[str, Any]] = fields.JSONField()
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
     dispatched_at = fields.DatetimeField(null=True, db_index=True)
     dispatch_attempts = fields.IntField(default=0)

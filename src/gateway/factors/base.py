@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
@@ -12,7 +12,7 @@ from gateway.core.errors import DomainError
 from gateway.core.uow import UnitOfWork
 
 
-class TwoFactorMethod(str, Enum):
+class TwoFactorMethod(StrEnum):
     PUSH = "PUSH"
     SMS = "SMS"
     TOTP = "TOTP"

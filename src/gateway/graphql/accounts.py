@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import strawberry
 
 from gateway.accounts.service import Client
 from gateway.core import audit
+from gateway.core.errors import BadUserInput
 from gateway.graphql.context import Info
 from gateway.graphql.types import (
     ClientInput,
@@ -20,7 +23,6 @@ from gateway.graphql.types import (
     decode_cursor,
     encode_cursor,
 )
-from gateway.core.errors import BadUserInput
 from gateway.login.service import ChallengeView
 
 MAX_PAGE = 100
@@ -51,13 +53,17 @@ class Viewer:
             raise BadUserInput(f"first must be between 1 and {MAX_PAGE}.")
         before = decode_cursor(after) if after else None
         rows, more = await audit.page(_user_id(self), first=first, before_id=before)
-        edges = [SecurityEventEdge(node=SecurityEvent.of(r), cursor=encode_cursor(r.id)) for r in rows]
+        edges = [
+            SecurityEventEdge(node=SecurityEvent.of(r), cursor=encode_cursor(r.id)) for r in rows
+        ]
         end = edges[-1].cursor if edges else None
-        return SecurityEventConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))
+        return SecurityEventConnection(
+            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end)
+        )
 
 
-def _user_id(viewer: Viewer) -> str:
-    return str(viewer.id)
+def _user_id(viewer: Viewer) -> UUID:
+    return UUID(str(viewer.id))
 
 
 @strawberry.type

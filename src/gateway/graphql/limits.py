@@ -51,7 +51,9 @@ class _Walk:
         self.aliases = 0
         self.verifying = 0
 
-    def selection_set(self, node: SelectionSetNode | None, depth: int, seen: frozenset[str]) -> None:
+    def selection_set(
+        self, node: SelectionSetNode | None, depth: int, seen: frozenset[str]
+    ) -> None:
         if node is None:
             return
         for selection in node.selections:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import strawberry
 from graphql import GraphQLError
@@ -49,7 +49,7 @@ class KanmonSchema(strawberry.Schema):
 
 
 def build_schema(*, development: bool) -> strawberry.Schema:
-    extensions: list[type[SchemaExtension] | SchemaExtension | Any] = [
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         ErrorCodes,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: AddValidationRules([DocumentLimitsRule]),

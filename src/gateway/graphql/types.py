@@ -121,7 +121,10 @@ class SecurityEvent:
     @classmethod
     def of(cls, row: SecurityEventRow) -> SecurityEvent:
         return cls(
-            id=strawberry.ID(str(row.id)), kind=row.kind, created_at=row.created_at, detail=row.detail
+            id=strawberry.ID(str(row.id)),
+            kind=row.kind,
+            created_at=row.created_at,
+            detail=row.detail,
         )
 
 

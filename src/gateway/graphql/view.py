@@ -29,7 +29,10 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
 
 
 def _rejection(message: str, status: int) -> Response:
-    body = {"data": None, "errors": [{"message": message, "extensions": {"code": "QUERY_REJECTED"}}]}
+    body = {
+        "data": None,
+        "errors": [{"message": message, "extensions": {"code": "QUERY_REJECTED"}}],
+    }
     return JSONResponse(body, status_code=status)
 
 

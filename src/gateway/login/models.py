@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from tortoise import fields
 from tortoise.models import Model
@@ -10,7 +10,7 @@ from tortoise.models import Model
 from gateway.accounts.clients import ClientKind
 
 
-class ChallengeStatus(str, Enum):
+class ChallengeStatus(StrEnum):
     PENDING = "PENDING"
     APPROVED = "APPROVED"
     DENIED = "DENIED"
@@ -27,7 +27,7 @@ class LoginChallenge(Model):
     client_name = fields.CharField(max_length=128, null=True)
     ip_address = fields.CharField(max_length=64, null=True)
     status = fields.CharEnumField(ChallengeStatus, max_length=16, default=ChallengeStatus.PENDING)
-    methods = fields.JSONField()
+    methods: fields.JSONField[list[str]] = fields.JSONField()
     wrong_attempts = fields.IntField(default=0)
     expires_at = fields.DatetimeField(db_index=True)
     completed_at = fields.DatetimeField(null=True)

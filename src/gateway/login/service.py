@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from gateway.accounts.clients import ClientKind
 from gateway.accounts.service import AccountService, Client, IssuedSession
 from gateway.accounts.store import lock_user
 from gateway.core import audit
@@ -91,15 +90,22 @@ class LoginService:
         if not password_ok:
             if await self._temporary.consume(user.id, password):
                 await audit.record(
-                    user.id, "login.succeeded", detail="temporary_password", ip_address=client.ip_address
+                    user.id,
+                    "login.succeeded",
+                    detail="temporary_password",
+                    ip_address=client.ip_address,
                 )
                 return Outcome(value=await self._accounts.issue_session(user.id, client))
             await self._accounts.guard.failed(key, client.ip_address)
-            await audit.record(user.id, "login.failed", detail="password", ip_address=client.ip_address)
+            await audit.record(
+                user.id, "login.failed", detail="password", ip_address=client.ip_address
+            )
             return Outcome(error=InvalidCredentials())
         await self._accounts.guard.succeeded(key)
         if not user.two_factor_enabled:
-            await audit.record(user.id, "login.succeeded", detail="password", ip_address=client.ip_address)
+            await audit.record(
+                user.id, "login.succeeded", detail="password", ip_address=client.ip_address
+            )
             return Outcome(value=await self._accounts.issue_session(user.id, client))
         return Outcome(value=await self._open_challenge(user.id, client))
 

@@ -91,7 +91,9 @@ class SecurityService:
         disabled = await self._after_method_removed(user_id, work)
         return SettingsChange(await self.settings(user_id), disabled)
 
-    async def enable(self, session: Session, work: UnitOfWork) -> tuple[SettingsView, IssuedBackupCode]:
+    async def enable(
+        self, session: Session, work: UnitOfWork
+    ) -> tuple[SettingsView, IssuedBackupCode]:
         """F1, B1: needs a verified primary method; answers with the first backup code."""
         user = await lock_user(session.user.id)
         if user.two_factor_enabled:

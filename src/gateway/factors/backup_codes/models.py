@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from tortoise import fields
 from tortoise.models import Model
 
 
-class BackupCodeStatus(str, Enum):
+class BackupCodeStatus(StrEnum):
     ACTIVE = "ACTIVE"
     USED = "USED"
     INVALIDATED = "INVALIDATED"

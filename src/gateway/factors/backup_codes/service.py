@@ -53,7 +53,9 @@ class BackupCodeService:
         await BackupCode.create(
             user_id=user_id, sequence=sequence, code_hash=self._box.keyed_hash(code)
         )
-        return IssuedBackupCode(code=codes.display(code), sequence=sequence, active_count=active + 1)
+        return IssuedBackupCode(
+            code=codes.display(code), sequence=sequence, active_count=active + 1
+        )
 
     async def active_count(self, user_id: UUID) -> int:
         return await BackupCode.filter(user_id=user_id, status=BackupCodeStatus.ACTIVE).count()

@@ -9,9 +9,9 @@ from tortoise.models import Model
 class TotpCredential(Model):
     id = fields.UUIDField(primary_key=True)
     user_id = fields.UUIDField(unique=True)
-    secret_encrypted = fields.TextField(null=True)
+    secret_encrypted: str | None = fields.TextField(null=True)
     # A re-enrollment waits here until confirmed, so the working authenticator keeps working.
-    pending_secret_encrypted = fields.TextField(null=True)
+    pending_secret_encrypted: str | None = fields.TextField(null=True)
     # T2: the last accepted time step; only a later one is accepted.
     last_step = fields.BigIntField(default=-1)
     confirmed_at = fields.DatetimeField(null=True)

@@ -23,7 +23,7 @@ def time_step(moment: datetime) -> int:
 
 
 def normalize_code(code: str) -> str | None:
-    """ASCII digits only: unicode digits such as '１２３' are refused rather than folded."""
+    """ASCII digits only: fullwidth and other unicode digits are refused rather than folded."""
     stripped = code.replace(" ", "")
     if len(stripped) != DIGITS or not stripped.isascii() or not stripped.isdigit():
         return None

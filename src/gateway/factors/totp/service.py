@@ -80,7 +80,9 @@ class TotpService:
         self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
     ) -> Verdict:
         """T2: accepts a code within one step of drift, once per time step (no replay)."""
-        credential = await TotpCredential.get_or_none(user_id=user_id, secret_encrypted__isnull=False)
+        credential = await TotpCredential.get_or_none(
+            user_id=user_id, secret_encrypted__isnull=False
+        )
         if credential is None or credential.secret_encrypted is None:
             return Verdict(accepted=False, error=WrongTotpCode())
         secret = self._box.decrypt(credential.secret_encrypted, context=_context(user_id))

@@ -16,4 +16,6 @@ class BackupCodeMutation:
         services = info.context.services
         async with services.uow():
             issued = await services.security.new_backup_code(session)
-        return BackupCode(code=issued.code, sequence=issued.sequence, active_count=issued.active_count)
+        return BackupCode(
+            code=issued.code, sequence=issued.sequence, active_count=issued.active_count
+        )
