@@ -69,6 +69,9 @@ def settings(backends: Backends) -> Settings:
 async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     assert settings.redis_url
     client = await connect_redis(settings.redis_url)
+    # KANMON_TEST_REDIS_URL names a database reserved for the tests: start from an empty one so
+    # no job left by an earlier run reaches this run's workers.
+    await client.flushdb()
     yield client
     await client.aclose()
 

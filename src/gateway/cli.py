@@ -67,7 +67,11 @@ def _dev(_: argparse.Namespace) -> int:
     from gateway.dev import run_dev
 
     os.environ.setdefault("KANMON_ENV", "development")
-    return asyncio.run(run_dev(Settings()))
+    try:
+        return asyncio.run(run_dev(Settings()))
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its orderly shutdown; everything is stopped by now.
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ async def run_dev(settings: Settings) -> int:
 
 
 async def _serve_all(settings: Settings) -> int:
-    from workers.settings import worker_options
+    from workers.settings import functions_for, worker_options
 
     config = uvicorn.Config(
         create_app(settings),
@@ -63,13 +63,20 @@ async def _serve_all(settings: Settings) -> int:
         log_level="info",
     )
     server = uvicorn.Server(config)
-    workers = [Worker(**worker_options(settings, q), handle_signals=False) for q in QUEUES]
+    workers = [
+        Worker(**worker_options(settings, q), handle_signals=False)
+        for q in QUEUES
+        if functions_for(q)
+    ]
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
-    print(
-        f"Kanmon is running. GraphiQL: http://{settings.host}:{settings.port}/graphql", flush=True
-    )
+    serving = asyncio.create_task(server.serve())
     try:
-        await server.serve()
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            url = f"http://{settings.host}:{settings.port}/graphql"
+            print(f"Kanmon is running. GraphiQL: {url}  (Ctrl-C stops)", flush=True)
+        await serving
     finally:
         for worker in workers:
             with contextlib.suppress(Exception):

@@ -9,7 +9,7 @@ from arq import cron
 from arq.worker import Function, func
 
 from gateway.container import build_services, connect_redis, redis_settings
-from gateway.core.db import close_database, open_database
+from gateway.core.db import close_database, database_is_open, open_database
 from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
     JOB_NOTICE_SEND,
@@ -43,7 +43,11 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         raise ConfigurationError("KANMON_REDIS_URL is required")
 
     async def startup(ctx: dict[str, Any]) -> None:
-        await open_database(settings.resolved_database_url())
+        # A worker embedded in a process that already has the database (kanmon dev, tests)
+        # shares it rather than replacing the process's connections.
+        ctx["owns_database"] = not database_is_open()
+        if ctx["owns_database"]:
+            await open_database(settings.resolved_database_url())
         assert settings.redis_url is not None
         redis = await connect_redis(settings.redis_url)
         ctx["services"] = build_services(settings, redis)
@@ -52,8 +56,11 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "services" in ctx:
             await ctx["services"].close()
-        await close_database()
+        if ctx.get("owns_database"):
+            await close_database()
 
+    if not functions_for(queue):
+        raise ConfigurationError(f"queue {queue!r} has no jobs in this version")
     cron_jobs = []
     if queue == QUEUE_MAINTENANCE:
         cron_jobs.append(

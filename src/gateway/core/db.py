@@ -42,6 +42,10 @@ async def open_database(database_url: str) -> None:
     await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
 
 
+def database_is_open() -> bool:
+    return Tortoise.is_inited()
+
+
 async def close_database() -> None:
     await Tortoise.close_connections()
 
