@@ -89,6 +89,7 @@ class _LazyGraphQL:
             self._view = KanmonGraphQL(
                 self._holder["services"],
                 schema=self._schema,
+                development=self._settings.development,
                 graphql_ide="graphiql" if self._settings.development else None,
             )
         await self._view(scope, receive, send)  # type: ignore[arg-type]

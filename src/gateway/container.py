@@ -12,11 +12,15 @@ from gateway.accounts.service import AccountService, PasswordGuard
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.jobs import deserialize, serialize
+from gateway.core.notices import Notifier
 from gateway.core.outbox import OutboxRelay
 from gateway.core.passwords import Passwords
 from gateway.core.throttle import WindowCounter
 from gateway.core.uow import UnitOfWorkFactory
 from gateway.factors.backup_codes.service import BackupCodeService
+from gateway.factors.sms.limits import SendGuard, SendLimits
+from gateway.factors.sms.notices import SmsNoticeChannel
+from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.factors.totp.service import TotpService
 from gateway.login.service import LoginService
@@ -35,6 +39,8 @@ class Services:
     totp: TotpService
     backup_codes: BackupCodeService
     temporary_passwords: TemporaryPasswordService
+    sms: SmsService
+    notifier: Notifier
     login: LoginService
     security: SecurityService
 
@@ -71,8 +77,9 @@ def build_services(
 ) -> Services:
     box = SecretBox(settings.secret_keys())
     relay = OutboxRelay(redis)
+    counter = WindowCounter(redis)
     guard = PasswordGuard(
-        WindowCounter(redis),
+        counter,
         per_account=settings.login_failures_per_account,
         per_ip=settings.login_failures_per_ip,
         window=settings.login_failure_window_seconds,
@@ -84,6 +91,24 @@ def build_services(
         reauth_window=timedelta(seconds=settings.reauth_window_seconds),
         clock=clock,
     )
+    sms = SmsService(
+        box,
+        SendGuard(
+            counter,
+            SendLimits(
+                per_number_per_hour=settings.sms_per_number_per_hour,
+                per_block_per_hour=settings.sms_per_block_per_hour,
+                per_account_per_hour=settings.sms_per_account_per_hour,
+                per_ip_per_hour=settings.sms_per_ip_per_hour,
+                global_per_minute=settings.sms_global_per_minute,
+                allowed_country_codes=settings.sms_country_allow_list(),
+            ),
+        ),
+        code_ttl=timedelta(seconds=settings.sms_code_ttl_seconds),
+        resend_cooldown=timedelta(seconds=settings.sms_resend_cooldown_seconds),
+        max_sends_per_challenge=settings.sms_max_sends_per_challenge,
+        clock=clock,
+    )
     totp = TotpService(box, clock)
     backup_codes = BackupCodeService(box, clock)
     temporary = TemporaryPasswordService(
@@ -92,11 +117,12 @@ def build_services(
     login = LoginService(
         accounts,
         temporary,
-        [totp, backup_codes],
+        [sms, totp, backup_codes],
+        sms,
         challenge_ttl=timedelta(seconds=settings.challenge_ttl_seconds),
         clock=clock,
     )
-    security = SecurityService(accounts, totp, backup_codes, temporary)
+    security = SecurityService(accounts, totp, backup_codes, temporary, sms, clock)
     return Services(
         settings=settings,
         redis=redis,
@@ -107,6 +133,8 @@ def build_services(
         totp=totp,
         backup_codes=backup_codes,
         temporary_passwords=temporary,
+        sms=sms,
+        notifier=Notifier([SmsNoticeChannel(sms)]),
         login=login,
         security=security,
     )

@@ -16,6 +16,11 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+class SmsProviderName(StrEnum):
+    CONSOLE = "console"
+    TWILIO = "twilio"
+
+
 class Settings(BaseSettings):
     """Configuration read from `KANMON_*` variables (API.md lists them)."""
 
@@ -40,10 +45,41 @@ class Settings(BaseSettings):
     login_failures_per_ip: int = Field(default=100, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
 
+    sms_resend_cooldown_seconds: int = Field(default=60, ge=0)
+    sms_max_sends_per_challenge: int = Field(default=3, ge=1)
+    sms_code_ttl_seconds: int = Field(default=600, ge=30)
+    sms_per_number_per_hour: int = Field(default=10, ge=1)
+    sms_per_account_per_hour: int = Field(default=10, ge=1)
+    sms_per_ip_per_hour: int = Field(default=50, ge=1)
+    sms_global_per_minute: int = Field(default=1000, ge=1)
+    # Numbers that differ only in their last 3 digits form a block: the SMS-pumping sweep.
+    sms_per_block_per_hour: int = Field(default=20, ge=1)
+    sms_allowed_country_codes: str = ""
+    sms_provider: SmsProviderName = SmsProviderName.CONSOLE
+    sms_short_code: str = "40404"
+    sms_retry_base_seconds: float = Field(default=1.0, gt=0)
+    sms_primary_tries: int = Field(default=4, ge=1)
+    sms_fallback_tries: int = Field(default=3, ge=1)
+    sms_send_timeout_seconds: float = Field(default=5.0, gt=0)
+    twilio_base_url: str = "https://api.twilio.com"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from: str | None = None
+    twilio_fallback_base_url: str | None = None
+    twilio_fallback_account_sid: str | None = None
+    twilio_fallback_auth_token: SecretStr | None = None
+    twilio_fallback_from: str | None = None
+
     outbox_sweep_after_seconds: int = Field(default=5, ge=1)
     worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
 
-    @field_validator("secret_key", "old_secret_keys", mode="before")
+    @field_validator(
+        "secret_key",
+        "old_secret_keys",
+        "twilio_auth_token",
+        "twilio_fallback_auth_token",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -56,6 +92,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite://{(self.data_dir / 'kanmon.sqlite3').as_posix()}"
+
+    def sms_country_allow_list(self) -> frozenset[int]:
+        """S7: calling codes SMS may go to; empty means all."""
+        parts = [p.strip() for p in self.sms_allowed_country_codes.split(",") if p.strip()]
+        try:
+            return frozenset(int(p.lstrip("+")) for p in parts)
+        except ValueError as exc:
+            raise ConfigurationError(
+                "KANMON_SMS_ALLOWED_COUNTRY_CODES: numbers like 1,44,81"
+            ) from exc
 
     def resolved_public_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from arq import cron
 from arq.worker import Function, func
 
@@ -14,15 +15,20 @@ from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
     JOB_NOTICE_SEND,
     JOB_OUTBOX_SWEEP,
+    JOB_SMS_PURGE,
+    JOB_SMS_SEND,
     QUEUE_MAINTENANCE,
+    QUEUE_SMS,
     QUEUES,
     deserialize,
     queue_key,
     serialize,
 )
-from gateway.core.notices import Notifier
 from gateway.settings import ConfigurationError, Settings
-from workers.jobs import maintenance
+from workers.jobs import maintenance, sms
+from workers.providers import build_sms_delivery
+
+SMS_JOB_TIMEOUT = 10
 
 
 def functions_for(queue: str) -> list[Function]:
@@ -31,7 +37,15 @@ def functions_for(queue: str) -> list[Function]:
             func(maintenance.backup_codes_invalidate, name=JOB_BACKUP_CODES_INVALIDATE, timeout=30),
             func(maintenance.notices_send, name=JOB_NOTICE_SEND, timeout=30),
         ]
+    if queue == QUEUE_SMS:
+        # Short timeout: a killed worker's message comes back after timeout + 10 s (S4).
+        return [func(sms.sms_send, name=JOB_SMS_SEND, timeout=SMS_JOB_TIMEOUT)]
     return []
+
+
+def max_tries(settings: Settings) -> int:
+    fallback = settings.sms_fallback_tries if settings.twilio_fallback_base_url else 0
+    return max(5, settings.sms_primary_tries + fallback + 1)
 
 
 def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
@@ -50,10 +64,15 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
             await open_database(settings.resolved_database_url())
         assert settings.redis_url is not None
         redis = await connect_redis(settings.redis_url)
-        ctx["services"] = build_services(settings, redis)
-        ctx["notifier"] = Notifier([])
+        services = build_services(settings, redis)
+        ctx["services"] = services
+        if queue == QUEUE_SMS:
+            ctx["http"] = httpx.AsyncClient()
+            ctx["sms_delivery"] = build_sms_delivery(settings, ctx["http"], services.box)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if "http" in ctx:
+            await ctx["http"].aclose()
         if "services" in ctx:
             await ctx["services"].close()
         if ctx.get("owns_database"):
@@ -72,6 +91,9 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
                 timeout=30,
             )
         )
+        cron_jobs.append(
+            cron(sms.sms_purge_expired_codes, name=JOB_SMS_PURGE, second={30}, timeout=60)
+        )
     return {
         "functions": functions_for(queue),
         "cron_jobs": cron_jobs,
@@ -82,7 +104,7 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         "job_serializer": serialize,
         "job_deserializer": deserialize,
         "poll_delay": settings.worker_poll_delay_seconds,
-        "max_tries": 5,
+        "max_tries": max_tries(settings),
         "health_check_interval": 30,
         "health_check_key": f"{queue_key(queue)}:health-check",
     }

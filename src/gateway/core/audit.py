@@ -23,20 +23,18 @@ class SecurityEvent(Model):
 
 
 async def record(
-    user_id: Any,
-    kind: str,
-    *,
-    detail: str | None = None,
-    ip_address: str | None = None,
-    dedupe_key: str | None = None,
+    user_id: Any, kind: str, *, detail: str | None = None, ip_address: str | None = None
 ) -> None:
-    if dedupe_key is not None:
-        await SecurityEvent.get_or_create(
-            dedupe_key=dedupe_key,
-            defaults={"user_id": user_id, "kind": kind, "detail": detail, "ip_address": ip_address},
-        )
-        return
     await SecurityEvent.create(user_id=user_id, kind=kind, detail=detail, ip_address=ip_address)
+
+
+async def record_once(
+    user_id: Any, kind: str, *, dedupe_key: str, detail: str | None = None
+) -> tuple[SecurityEvent, bool]:
+    """For jobs that may run twice: the event, and whether this run created it."""
+    return await SecurityEvent.get_or_create(
+        dedupe_key=dedupe_key, defaults={"user_id": user_id, "kind": kind, "detail": detail}
+    )
 
 
 async def page(

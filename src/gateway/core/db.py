@@ -12,7 +12,9 @@ MODEL_MODULES = [
     "gateway.factors.totp.models",
     "gateway.factors.backup_codes.models",
     "gateway.factors.temporary_passwords.models",
+    "gateway.factors.sms.models",
     "gateway.core.outbox",
+    "gateway.core.code_throttle",
     "gateway.core.audit",
 ]
 

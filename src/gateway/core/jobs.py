@@ -14,6 +14,8 @@ QUEUES = (QUEUE_SMS, QUEUE_PUSH, QUEUE_MAINTENANCE)
 JOB_BACKUP_CODES_INVALIDATE = "backup_codes.invalidate"
 JOB_OUTBOX_SWEEP = "outbox.sweep"
 JOB_NOTICE_SEND = "notices.send"
+JOB_SMS_SEND = "sms.send"
+JOB_SMS_PURGE = "sms.purge_expired_codes"
 
 
 def queue_key(queue: str) -> str:
@@ -26,6 +28,8 @@ class JobRequest:
     name: str
     queue: str
     payload: dict[str, Any]
+    # Also the outbox row's id: a message relayed twice is still one arq job.
+    job_id: str | None = None
 
 
 def serialize(value: Any) -> bytes:

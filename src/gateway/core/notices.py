@@ -1,7 +1,7 @@
 """The notice port: tells a user about a security change on the channels they have.
 
-The SMS and push features add channels; until then notices are recorded in the log (by kind
-only: the logging policy forbids codes, secrets, numbers and tokens).
+Channels (SMS now, push later) queue their own messages in the caller's unit of work. The log
+line names the notice kind and how many channels took it, never a number or a code.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
+from gateway.core.uow import UnitOfWork
+
 log = logging.getLogger(__name__)
 
 
@@ -18,11 +20,33 @@ class Notice(StrEnum):
     BACKUP_CODES_INVALIDATED = "backup_codes_invalidated"
     TWO_FACTOR_DISABLED = "two_factor_disabled"
     PHONE_REMOVED = "phone_removed"
+    PUSH_PAUSED = "push_paused"
+
+
+NOTICE_TEXT = {
+    Notice.BACKUP_CODES_INVALIDATED: (
+        "Kanmon: your backup codes were invalidated because one was used out of order. "
+        "Get a new one in Settings > Account > Security > Backup code."
+    ),
+    Notice.TWO_FACTOR_DISABLED: (
+        "Kanmon: login verification was turned off for your account. "
+        "If this wasn't you, change your password and contact support."
+    ),
+    Notice.PHONE_REMOVED: (
+        "Kanmon: this number was removed from your account's login verification."
+    ),
+    Notice.PUSH_PAUSED: (
+        "Kanmon: login requests were denied or ignored 3 times in a row, so push approvals are "
+        "paused for an hour. If those weren't you, change your password."
+    ),
+}
 
 
 class NoticeChannel(Protocol):
-    async def send(self, user_id: UUID, notice: Notice) -> bool:
-        """Returns whether the user was reached on this channel."""
+    async def send(
+        self, user_id: UUID, notice: Notice, work: UnitOfWork, *, number: str | None = None
+    ) -> bool:
+        """Queues the notice on this channel; returns whether the user has the channel."""
         ...
 
 
@@ -30,10 +54,12 @@ class Notifier:
     def __init__(self, channels: list[NoticeChannel]) -> None:
         self._channels = channels
 
-    async def notify(self, user_id: UUID, notice: Notice) -> int:
+    async def notify(
+        self, user_id: UUID, notice: Notice, work: UnitOfWork, *, number: str | None = None
+    ) -> int:
         reached = 0
         for channel in self._channels:
-            if await channel.send(user_id, notice):
+            if await channel.send(user_id, notice, work, number=number):
                 reached += 1
-        log.info("notice sent", extra={"notice": notice.value, "channels_reached": reached})
+        log.info("notice queued", extra={"notice": notice.value, "channels": reached})
         return reached

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 from typing import Any
+from uuid import UUID, uuid4
 
 from arq.connections import ArqRedis
 from tortoise import fields
@@ -32,7 +33,10 @@ class OutboxMessage(Model):
 
 async def add(job: JobRequest) -> OutboxMessage:
     """Writes the row on the current connection: inside a transaction it commits with it."""
-    return await OutboxMessage.create(queue=job.queue, job_name=job.name, payload=job.payload)
+    row_id = UUID(job.job_id) if job.job_id else uuid4()
+    return await OutboxMessage.create(
+        id=row_id, queue=job.queue, job_name=job.name, payload=job.payload
+    )
 
 
 class OutboxRelay:

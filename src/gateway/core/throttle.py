@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import cast
+
 from redis.asyncio import Redis
 
 FREE_FAILURES = 3
@@ -13,6 +16,28 @@ def backoff_seconds(consecutive_failures: int) -> int:
     if consecutive_failures < FREE_FAILURES:
         return 0
     return int(min(2 ** (consecutive_failures - 2), MAX_BACKOFF_SECONDS))
+
+
+# Checks every window and counts in all of them only if none is full, atomically, so concurrent
+# senders cannot slip past a limit between the check and the count.
+_ADMIT_ALL = """
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[2 * i - 1]) then
+    local ttl = redis.call('TTL', key)
+    if ttl < 1 then ttl = 1 end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then
+    redis.call('EXPIRE', key, tonumber(ARGV[2 * i]))
+  end
+end
+return 0
+"""
 
 
 class WindowCounter:
@@ -38,6 +63,14 @@ class WindowCounter:
             pipe.incr(full_key)
             pipe.expire(full_key, window_seconds, nx=True)
             await pipe.execute()
+
+    async def admit_all(self, windows: list[tuple[str, int, int]]) -> int:
+        """Counts one event in every (key, limit, window_seconds) if all are under their limit;
+        otherwise counts nothing and returns the seconds until the fullest one reopens."""
+        keys = [f"{self._prefix}:{key}" for key, _, _ in windows]
+        args = [str(v) for _, limit, window in windows for v in (limit, window)]
+        wait = await cast(Awaitable[int], self._redis.eval(_ADMIT_ALL, len(keys), *keys, *args))
+        return int(wait)
 
     async def clear(self, key: str) -> None:
         await self._redis.delete(f"{self._prefix}:{key}")

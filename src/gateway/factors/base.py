@@ -26,6 +26,18 @@ PRIMARY_METHODS = frozenset({TwoFactorMethod.PUSH, TwoFactorMethod.SMS, TwoFacto
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One code typed against one challenge, checked inside the caller's transaction with the
+    user's row locked."""
+
+    user_id: UUID
+    challenge_id: UUID
+    code: str
+    client: ClientKind
+    work: UnitOfWork
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The outcome of checking one code. A rejection may already have changed state (B4's
     invalidation), which must commit even though the caller reports an error."""
@@ -50,8 +62,6 @@ class CodeFactor(Protocol):
         """An error for clients that may never use this factor (L7), else None."""
         ...
 
-    async def verify(
-        self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
-    ) -> Verdict:
+    async def verify(self, attempt: Attempt) -> Verdict:
         """Checks a code inside the caller's transaction, with the user's row locked."""
         ...

@@ -46,9 +46,10 @@ class Viewer:
 
     @strawberry.field
     async def security_events(
-        self, info: Info, first: int = 20, after: str | None = None
+        self, info: Info, first: int | None = 20, after: str | None = None
     ) -> SecurityEventConnection:
         """F3: newest first, Relay-style pages."""
+        first = 20 if first is None else first
         if not 1 <= first <= MAX_PAGE:
             raise BadUserInput(f"first must be between 1 and {MAX_PAGE}.")
         before = decode_cursor(after) if after else None
@@ -98,8 +99,8 @@ class AccountMutation:
         """L1, L2, L3, L6."""
         services = info.context.services
         caller = client_of(info, client)
-        async with services.uow():
-            outcome = await services.login.login(username, password, caller)
+        async with services.uow() as work:
+            outcome = await services.login.login(username, password, caller, work)
         result = outcome.unwrap()
         if isinstance(result, ChallengeView):
             return LoginChallenge.of(result)

@@ -20,7 +20,6 @@ class GraphQLContext:
     services: Services
     # Strawberry fills this from `connection_init` on websockets; the attribute must exist.
     connection_params: dict[str, Any] | None = None
-    verifications: int = 0
     _session: Session | None = field(default=None, repr=False)
     _session_loaded: bool = field(default=False, repr=False)
 

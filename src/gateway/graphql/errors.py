@@ -8,12 +8,10 @@ SERVICE_UNAVAILABLE; anything else is logged here and masked as INTERNAL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 from graphql import GraphQLError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from strawberry.extensions import SchemaExtension
 from tortoise.exceptions import DBConnectionError, OperationalError
 
 from gateway.core.errors import DomainError, ServiceUnavailable
@@ -42,28 +40,21 @@ def _with_code(error: GraphQLError, message: str, extensions: dict[str, object])
     )
 
 
-def map_error(error: GraphQLError) -> GraphQLError:
+def map_error(error: GraphQLError, *, development: bool) -> GraphQLError:
     original = error.original_error
     if isinstance(original, DomainError):
         return _with_code(error, original.message, original.extensions)
     if original is None or isinstance(original, GraphQLError):
+        # G3: outside development no message may hint at the schema ("Did you mean ...?").
+        message = error.message if development else error.message.split(" Did you mean")[0]
         if error.extensions and "code" in error.extensions:
-            return error
-        if "tokens. Parsing aborted" in error.message:
-            return _with_code(error, error.message, {"code": "QUERY_REJECTED"})
-        return _with_code(error, error.message, {"code": "BAD_USER_INPUT"})
+            return _with_code(error, message, dict(error.extensions))
+        if "tokens. Parsing aborted" in message:
+            return _with_code(error, message, {"code": "QUERY_REJECTED"})
+        return _with_code(error, message, {"code": "BAD_USER_INPUT"})
     if isinstance(original, UNAVAILABLE):
         log.warning("dependency unavailable: %s", type(original).__name__)
         unavailable = ServiceUnavailable()
         return _with_code(error, unavailable.message, unavailable.extensions)
     log.error("unexpected error in %s", error.path, exc_info=original)
     return _with_code(error, "Internal server error.", {"code": "INTERNAL"})
-
-
-class ErrorCodes(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        errors = getattr(result, "errors", None)
-        if result is not None and errors:
-            result.errors = [map_error(e) for e in errors]

@@ -21,6 +21,16 @@ class LoginQuery:
 @strawberry.type
 class LoginMutation:
     @strawberry.mutation
+    async def request_sms_code(self, info: Info, id: strawberry.ID, token: str) -> LoginChallenge:
+        """S2, H6: sends another code after the cooldown; the answer says when the next may go."""
+        services = info.context.services
+        async with services.uow() as work:
+            view = await services.login.request_sms_code(
+                str(id), token, info.context.ip_address, work
+            )
+        return LoginChallenge.of(view)
+
+    @strawberry.mutation
     async def verify_login_challenge(
         self, info: Info, id: strawberry.ID, token: str, method: TwoFactorMethod, code: str
     ) -> Session:

@@ -19,7 +19,6 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from gateway.graphql.accounts import AccountMutation, AccountQuery
-from gateway.graphql.errors import ErrorCodes
 from gateway.graphql.factors.backup_codes import BackupCodeMutation
 from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutation
 from gateway.graphql.factors.totp import TotpMutation
@@ -45,12 +44,11 @@ class KanmonSchema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        """Expected errors are not log noise; `ErrorCodes` logs the unexpected ones."""
+        """Expected errors are not log noise; `errors.map_error` logs the unexpected ones."""
 
 
 def build_schema(*, development: bool) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        ErrorCodes,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: AddValidationRules([DocumentLimitsRule]),
         lambda: ParserCache(maxsize=1024),

@@ -64,6 +64,8 @@ class LoginChallenge:
             status=view.status,
             methods=list(view.methods),
             expires_at=view.expires_at,
+            match_number=view.match_number,
+            sms_retry_after_seconds=view.sms_retry_after,
         )
 
 

@@ -10,17 +10,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 
 from gateway.container import Services
 from gateway.graphql.context import GraphQLContext
+from gateway.graphql.errors import map_error
 from gateway.graphql.limits import MAX_BODY_BYTES
 
 
 class KanmonGraphQL(GraphQL[GraphQLContext, None]):
-    def __init__(self, services: Services, **kwargs: Any) -> None:
+    def __init__(self, services: Services, *, development: bool, **kwargs: Any) -> None:
         super().__init__(subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,), **kwargs)
         self._services = services
+        self._development = development
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        """G2: every HTTP answer's errors pass through the one mapping, whichever stage
+        (parsing, validation, execution) produced them."""
+        if result.errors:
+            result.errors = [map_error(e, development=self._development) for e in result.errors]
+        return await super().process_result(request, result)
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket

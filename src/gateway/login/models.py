@@ -1,4 +1,4 @@
-"""Login challenges (L2, L5) and the durable failure counters that guard codes (F5)."""
+"""Login challenges (L2, L5)."""
 
 from __future__ import annotations
 
@@ -35,18 +35,3 @@ class LoginChallenge(Model):
 
     class Meta:
         table = "login_challenges"
-
-
-class FactorThrottle(Model):
-    """F5: consecutive failures per account and method, in the database so a Redis restart
-    does not reset them."""
-
-    id = fields.UUIDField(primary_key=True)
-    user_id = fields.UUIDField()
-    method = fields.CharField(max_length=16)
-    consecutive_failures = fields.IntField(default=0)
-    blocked_until = fields.DatetimeField(null=True)
-
-    class Meta:
-        table = "factor_throttles"
-        unique_together = (("user_id", "method"),)

@@ -9,6 +9,7 @@ from uuid import UUID
 from gateway.accounts.service import AccountService, Client, IssuedSession
 from gateway.accounts.store import lock_user
 from gateway.core import audit
+from gateway.core import code_throttle as throttle
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import new_token, same_digest, token_digest
 from gateway.core.errors import (
@@ -23,9 +24,9 @@ from gateway.core.errors import (
 )
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
-from gateway.factors.base import METHOD_ORDER, CodeFactor, TwoFactorMethod
+from gateway.factors.base import METHOD_ORDER, Attempt, CodeFactor, TwoFactorMethod
+from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
-from gateway.login import throttle
 from gateway.login.models import ChallengeStatus, LoginChallenge
 
 MAX_WRONG_CODES = 5
@@ -40,6 +41,8 @@ class ChallengeView:
     status: ChallengeStatus
     methods: list[TwoFactorMethod]
     expires_at: datetime
+    sms_retry_after: int | None = None
+    match_number: int | None = None
 
 
 LoginResult = IssuedSession | ChallengeView
@@ -65,16 +68,20 @@ class LoginService:
         accounts: AccountService,
         temporary_passwords: TemporaryPasswordService,
         factors: list[CodeFactor],
+        sms: SmsService,
         challenge_ttl: timedelta,
         clock: Clock = utc_now,
     ) -> None:
         self._accounts = accounts
         self._temporary = temporary_passwords
+        self._sms = sms
         self._factors = {factor.method: factor for factor in factors}
         self._ttl = challenge_ttl
         self._clock = clock
 
-    async def login(self, username: str, password: str, client: Client) -> Outcome[LoginResult]:
+    async def login(
+        self, username: str, password: str, client: Client, work: UnitOfWork
+    ) -> Outcome[LoginResult]:
         """L1, L2, L3, L6. Wrong passwords all look alike; the throttle runs before argon2."""
         if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
             raise BadUserInput("Username or password too long.")
@@ -107,9 +114,11 @@ class LoginService:
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address
             )
             return Outcome(value=await self._accounts.issue_session(user.id, client))
-        return Outcome(value=await self._open_challenge(user.id, client))
+        return Outcome(value=await self._open_challenge(user.id, client, work))
 
-    async def _open_challenge(self, user_id: UUID, client: Client) -> ChallengeView:
+    async def _open_challenge(
+        self, user_id: UUID, client: Client, work: UnitOfWork
+    ) -> ChallengeView:
         """L2: an id and a secret token for the waiting client, listing the methods it can use."""
         methods = [
             method
@@ -127,7 +136,16 @@ class LoginService:
             methods=[m.value for m in methods],
             expires_at=expires_at,
         )
-        return ChallengeView(challenge.id, token, ChallengeStatus.PENDING, methods, expires_at)
+        sms_retry = None
+        if TwoFactorMethod.SMS in methods:
+            # L4: with no push device, SMS is the primary method: its first code goes now.
+            await self._sms.start_challenge(
+                user_id, challenge.id, expires_at, client.ip_address, work
+            )
+            sms_retry = await self._sms.retry_after(challenge.id)
+        return ChallengeView(
+            challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry
+        )
 
     async def find_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
         """The challenge token is the credential: a wrong one is NOT_FOUND, as is an unknown id."""
@@ -141,13 +159,37 @@ class LoginService:
 
     async def view(self, challenge_id: str, token: str) -> ChallengeView:
         challenge = await self.find_challenge(challenge_id, token)
-        return ChallengeView(
-            challenge.id,
-            token,
-            current_status(challenge, self._clock()),
-            [TwoFactorMethod(m) for m in challenge.methods],
-            challenge.expires_at,
+        return await self._view(challenge, token)
+
+    async def _view(self, challenge: LoginChallenge, token: str) -> ChallengeView:
+        methods = [TwoFactorMethod(m) for m in challenge.methods]
+        status = current_status(challenge, self._clock())
+        sms_retry = None
+        if TwoFactorMethod.SMS in methods and status is ChallengeStatus.PENDING:
+            sms_retry = await self._sms.retry_after(challenge.id)
+        return ChallengeView(challenge.id, token, status, methods, challenge.expires_at, sms_retry)
+
+    async def request_sms_code(
+        self, challenge_id: str, token: str, ip_address: str | None, work: UnitOfWork
+    ) -> ChallengeView:
+        """S2, H6: "send me a code by SMS", also as the fallback when push does not arrive."""
+        found = await self.find_challenge(challenge_id, token)
+        await lock_user(found.user_id)
+        challenge = await LoginChallenge.select_for_update().get(id=found.id)
+        self._check_open(challenge, self._clock())
+        if not await self._sms.offered(challenge.user_id, challenge.client_kind):
+            raise MethodNotAvailable("This account has no phone that can receive SMS.")
+        if TwoFactorMethod.SMS.value not in challenge.methods:
+            challenge.methods = [
+                m.value
+                for m in METHOD_ORDER
+                if m.value in challenge.methods or m is TwoFactorMethod.SMS
+            ]
+            await challenge.save(update_fields=["methods"])
+        await self._sms.request_code(
+            challenge.user_id, challenge.id, challenge.expires_at, ip_address, work
         )
+        return await self._view(challenge, token)
 
     async def verify(
         self,
@@ -174,11 +216,13 @@ class LoginService:
             raise refusal
         if factor is None or method.value not in challenge.methods:
             raise MethodNotAvailable("This challenge cannot be completed with that method.")
-        await throttle.check(challenge.user_id, method, now)
-        verdict = await factor.verify(challenge.user_id, code, challenge.client_kind, work)
+        await throttle.check(challenge.user_id, method.value, now)
+        verdict = await factor.verify(
+            Attempt(challenge.user_id, challenge.id, code, challenge.client_kind, work)
+        )
         if not verdict.accepted:
             return Outcome(error=await self._wrong_code(challenge, method, verdict.error, now))
-        await throttle.succeeded(challenge.user_id, method)
+        await throttle.succeeded(challenge.user_id, method.value)
         await LoginChallenge.filter(id=challenge.id).update(
             status=ChallengeStatus.COMPLETED, completed_at=now
         )
@@ -207,7 +251,7 @@ class LoginService:
         now: datetime,
     ) -> DomainError:
         """L2: the 5th wrong code locks the challenge; F5: every wrong code feeds the back-off."""
-        await throttle.failed(challenge.user_id, method, now)
+        await throttle.failed(challenge.user_id, method.value, now)
         attempts = challenge.wrong_attempts + 1
         locked = attempts >= MAX_WRONG_CODES
         await LoginChallenge.filter(id=challenge.id).update(

@@ -9,13 +9,16 @@ from uuid import UUID
 from gateway.accounts.models import Session, User
 from gateway.accounts.service import AccountService
 from gateway.accounts.store import lock_user
-from gateway.core import audit
-from gateway.core.errors import BadUserInput, MethodNotAvailable
+from gateway.core import audit, code_throttle
+from gateway.core.clock import Clock, utc_now
+from gateway.core.errors import BadUserInput, InvalidCode, MethodNotAvailable
 from gateway.core.jobs import JOB_NOTICE_SEND, QUEUE_MAINTENANCE, JobRequest
 from gateway.core.notices import Notice
+from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
 from gateway.factors.backup_codes.service import BackupCodeService, IssuedBackupCode
-from gateway.factors.base import PRIMARY_METHODS, TwoFactorMethod
+from gateway.factors.base import METHOD_ORDER, PRIMARY_METHODS, TwoFactorMethod
+from gateway.factors.sms.service import PhoneView, SmsService, phone_view
 from gateway.factors.temporary_passwords.service import (
     IssuedTemporaryPassword,
     TemporaryPasswordService,
@@ -28,6 +31,7 @@ class SettingsView:
     two_factor_enabled: bool
     methods: list[TwoFactorMethod]
     totp_enabled: bool
+    phone: PhoneView | None
     backup_codes_active: int
     temporary_password_expires_at: datetime | None
 
@@ -45,8 +49,12 @@ class SecurityService:
         totp: TotpService,
         backup_codes: BackupCodeService,
         temporary_passwords: TemporaryPasswordService,
+        sms: SmsService,
+        clock: Clock = utc_now,
     ) -> None:
         self._accounts = accounts
+        self._sms = sms
+        self._clock = clock
         self._totp = totp
         self._backup = backup_codes
         self._temporary = temporary_passwords
@@ -56,20 +64,58 @@ class SecurityService:
         user = await User.get(id=user_id)
         totp_on = await self._totp.enabled(user_id)
         active = await self._backup.active_count(user_id)
-        methods = [TwoFactorMethod.TOTP] if totp_on else []
+        phone = await self._sms.phone(user_id)
+        has = await self._methods(user_id)
         if active:
-            methods.append(TwoFactorMethod.BACKUP_CODE)
+            has.add(TwoFactorMethod.BACKUP_CODE)
         return SettingsView(
             two_factor_enabled=user.two_factor_enabled,
-            methods=methods,
+            methods=[m for m in METHOD_ORDER if m in has],
             totp_enabled=totp_on,
+            phone=phone_view(phone),
             backup_codes_active=active,
             temporary_password_expires_at=await self._temporary.expires_at(user_id),
         )
 
+    async def _methods(self, user_id: UUID) -> set[TwoFactorMethod]:
+        found: set[TwoFactorMethod] = set()
+        if await self._totp.enabled(user_id):
+            found.add(TwoFactorMethod.TOTP)
+        phone = await self._sms.phone(user_id)
+        if phone is not None and phone.verified_at is not None:
+            found.add(TwoFactorMethod.SMS)
+        return found
+
     async def primary_methods(self, user_id: UUID) -> set[TwoFactorMethod]:
-        found = {TwoFactorMethod.TOTP} if await self._totp.enabled(user_id) else set()
-        return found & PRIMARY_METHODS
+        """What keeps 2FA on: a verified phone, a confirmed authenticator, a push device."""
+        return await self._methods(user_id) & PRIMARY_METHODS
+
+    async def verify_phone(self, session: Session, code: str) -> Outcome[PhoneView]:
+        """S1, F5: a wrong code counts toward the SMS back-off and is committed as such."""
+        user_id = session.user.id
+        await lock_user(user_id)
+        now = self._clock()
+        await code_throttle.check(user_id, TwoFactorMethod.SMS.value, now)
+        try:
+            view = await self._sms.verify_phone(user_id, code)
+        except InvalidCode as exc:
+            await code_throttle.failed(user_id, TwoFactorMethod.SMS.value, now)
+            return Outcome(error=exc)
+        await code_throttle.succeeded(user_id, TwoFactorMethod.SMS.value)
+        return Outcome(value=view)
+
+    async def remove_phone(self, session: Session, work: UnitOfWork) -> SettingsChange:
+        """S6, H1, A3: without the phone, an account whose only method was SMS has 2FA off."""
+        self._accounts.require_recent_auth(session)
+        user_id = session.user.id
+        await lock_user(user_id)
+        if await self._sms.phone(user_id) is None:
+            raise MethodNotAvailable("No phone is registered.")
+        number = await self._sms.remove_phone(user_id)
+        if number is not None:
+            await work.enqueue(_notice_job(user_id, Notice.PHONE_REMOVED, number))
+        disabled = await self._after_method_removed(user_id, work)
+        return SettingsChange(await self.settings(user_id), disabled)
 
     async def begin_totp(self, session: Session) -> TotpEnrollment:
         return await self._totp.begin(session.user.id, session.user.username)
@@ -141,10 +187,11 @@ class SecurityService:
             return
         await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
         await audit.record(user_id, "two_factor.disabled", detail=reason)
-        await work.enqueue(
-            JobRequest(
-                name=JOB_NOTICE_SEND,
-                queue=QUEUE_MAINTENANCE,
-                payload={"user_id": str(user_id), "notice": Notice.TWO_FACTOR_DISABLED.value},
-            )
-        )
+        await work.enqueue(_notice_job(user_id, Notice.TWO_FACTOR_DISABLED))
+
+
+def _notice_job(user_id: UUID, notice: Notice, number: str | None = None) -> JobRequest:
+    payload = {"user_id": str(user_id), "notice": notice.value}
+    if number is not None:
+        payload["number"] = number
+    return JobRequest(name=JOB_NOTICE_SEND, queue=QUEUE_MAINTENANCE, payload=payload)

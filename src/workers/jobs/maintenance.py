@@ -8,26 +8,32 @@ from uuid import UUID
 
 from gateway.container import Services
 from gateway.core import audit
-from gateway.core.notices import Notice, Notifier
+from gateway.core.notices import Notice
 
 
 async def backup_codes_invalidate(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     """B4: the codes are already invalid (same transaction as the check); this records the
     event once, even when the job runs twice, and tells the user on their other channels."""
-    notifier: Notifier = ctx["notifier"]
+    services: Services = ctx["services"]
     user_id = UUID(payload["user_id"])
-    await audit.record(
-        user_id,
-        "backup_codes.invalidated",
-        detail=f"{payload.get('reason', 'unknown')}: {int(payload.get('count', 0))} codes",
-        dedupe_key=f"job:{ctx['job_id']}",
-    )
-    await notifier.notify(user_id, Notice.BACKUP_CODES_INVALIDATED)
+    async with services.uow() as work:
+        _, created = await audit.record_once(
+            user_id,
+            "backup_codes.invalidated",
+            detail=f"{payload.get('reason', 'unknown')}: {int(payload.get('count', 0))} codes",
+            dedupe_key=f"job:{ctx['job_id']}",
+        )
+        if created:
+            await services.notifier.notify(user_id, Notice.BACKUP_CODES_INVALIDATED, work)
 
 
 async def notices_send(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
-    notifier: Notifier = ctx["notifier"]
-    await notifier.notify(UUID(payload["user_id"]), Notice(payload["notice"]))
+    """At least once: a notice repeated after a crash is better than one lost."""
+    services: Services = ctx["services"]
+    async with services.uow() as work:
+        await services.notifier.notify(
+            UUID(payload["user_id"]), Notice(payload["notice"]), work, number=payload.get("number")
+        )
 
 
 async def outbox_sweep(ctx: dict[str, Any]) -> int:

@@ -21,7 +21,7 @@ from gateway.factors.backup_codes.errors import (
     InvalidBackupCode,
 )
 from gateway.factors.backup_codes.models import BackupCode, BackupCodeStatus
-from gateway.factors.base import ACCEPTED, TwoFactorMethod, Verdict
+from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
 
 MAX_ACTIVE = 5
 
@@ -67,9 +67,10 @@ class BackupCodeService:
         """L7, H7: third-party apps use a temporary password instead."""
         return BackupCodeNotAllowed() if client is ClientKind.THIRD_PARTY else None
 
-    async def verify(
-        self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
-    ) -> Verdict:
+    async def verify(self, attempt: Attempt) -> Verdict:
+        return await self.verify_code(attempt.user_id, attempt.code, attempt.work)
+
+    async def verify_code(self, user_id: UUID, code: str, work: UnitOfWork) -> Verdict:
         """B3-B6. The caller holds the user's row lock, so the order check and the spend (or
         the invalidation of the whole set) are one atomic step. One keyed hash per accepted
         key finds the row; its sequence says whether it is the oldest active code."""

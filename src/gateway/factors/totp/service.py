@@ -9,8 +9,7 @@ from gateway.accounts.clients import ClientKind
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.errors import DomainError
-from gateway.core.uow import UnitOfWork
-from gateway.factors.base import ACCEPTED, TwoFactorMethod, Verdict
+from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
 from gateway.factors.totp import otp
 from gateway.factors.totp.errors import TotpNotPending, WrongTotpCode
 from gateway.factors.totp.models import TotpCredential
@@ -76,10 +75,11 @@ class TotpService:
     def client_refusal(self, client: ClientKind) -> DomainError | None:
         return None
 
-    async def verify(
-        self, user_id: UUID, code: str, client: ClientKind, work: UnitOfWork
-    ) -> Verdict:
+    async def verify(self, attempt: Attempt) -> Verdict:
         """T2: accepts a code within one step of drift, once per time step (no replay)."""
+        return await self.verify_code(attempt.user_id, attempt.code)
+
+    async def verify_code(self, user_id: UUID, code: str) -> Verdict:
         credential = await TotpCredential.get_or_none(
             user_id=user_id, secret_encrypted__isnull=False
         )

@@ -1,0 +1,49 @@
+"""F5: the per-account, per-method back-off on wrong codes, kept in the database (it survives a
+Redis restart) inside the caller's transaction (the user's row is locked, so the
+read-modify-write cannot race)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from tortoise import fields
+from tortoise.models import Model
+
+from gateway.core.errors import RateLimited
+from gateway.core.throttle import backoff_seconds
+
+
+class FactorThrottle(Model):
+    id = fields.UUIDField(primary_key=True)
+    user_id = fields.UUIDField()
+    method = fields.CharField(max_length=16)
+    consecutive_failures = fields.IntField(default=0)
+    blocked_until = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "factor_throttles"
+        unique_together = (("user_id", "method"),)
+
+
+async def check(user_id: UUID, method: str, now: datetime) -> None:
+    """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs."""
+    row = await FactorThrottle.get_or_none(user_id=user_id, method=method)
+    if row is not None and row.blocked_until is not None and row.blocked_until > now:
+        raise RateLimited(math.ceil((row.blocked_until - now).total_seconds()))
+
+
+async def failed(user_id: UUID, method: str, now: datetime) -> None:
+    row, _ = await FactorThrottle.get_or_create(user_id=user_id, method=method)
+    row.consecutive_failures += 1
+    wait = backoff_seconds(row.consecutive_failures)
+    row.blocked_until = now + timedelta(seconds=wait) if wait else None
+    await row.save(update_fields=["consecutive_failures", "blocked_until"])
+
+
+async def succeeded(user_id: UUID, method: str) -> None:
+    """A success resets only its own method's counter."""
+    await FactorThrottle.filter(user_id=user_id, method=method).update(
+        consecutive_failures=0, blocked_until=None
+    )

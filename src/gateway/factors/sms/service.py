@@ -1,0 +1,335 @@
+"""The SMS factor (S1, S2, S5, S6, L4, H3, H6, H9): phones, codes, and the messages that carry
+them. Sending itself happens in the `sms.send` job (delivery.py); this module only decides what
+to send and writes it, with its outbox row, in the caller's transaction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID, uuid4
+
+from gateway.accounts.clients import ClientKind
+from gateway.core import audit
+from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import SecretBox
+from gateway.core.errors import DomainError, RateLimited
+from gateway.core.jobs import JOB_SMS_SEND, QUEUE_SMS, JobRequest
+from gateway.core.uow import UnitOfWork
+from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
+from gateway.factors.sms import codes, phones
+from gateway.factors.sms.errors import NoPendingPhone, SmsNotAvailable, WrongSmsCode
+from gateway.factors.sms.limits import SendGuard
+from gateway.factors.sms.models import Phone, SmsCode, SmsCodePurpose, SmsMessage
+from gateway.factors.sms.phones import InvalidPhoneNumber
+
+MAX_CARRIER = 64
+
+
+@dataclass(frozen=True)
+class PhoneView:
+    masked_number: str
+    verified: bool
+    carrier: str | None
+    sms_paused: bool
+
+
+def phone_view(phone: Phone | None) -> PhoneView | None:
+    """F2: the verified number if there is one, else the one waiting for its code."""
+    if phone is None:
+        return None
+    if phone.number is not None:
+        return PhoneView(
+            phones.mask(phone.number),
+            phone.verified_at is not None,
+            phone.carrier,
+            phone.sms_paused,
+        )
+    if phone.pending_number is not None:
+        return PhoneView(phones.mask(phone.pending_number), False, phone.pending_carrier, False)
+    return None
+
+
+class SmsService:
+    method = TwoFactorMethod.SMS
+
+    def __init__(
+        self,
+        box: SecretBox,
+        guard: SendGuard,
+        *,
+        code_ttl: timedelta,
+        resend_cooldown: timedelta,
+        max_sends_per_challenge: int,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._box = box
+        self._guard = guard
+        self._code_ttl = code_ttl
+        self._cooldown = resend_cooldown
+        self._max_sends = max_sends_per_challenge
+        self._clock = clock
+
+    # Phones (S1, S6) ---------------------------------------------------------------------
+
+    async def phone(self, user_id: UUID) -> Phone | None:
+        return await Phone.get_or_none(user_id=user_id)
+
+    async def add_phone(
+        self,
+        user_id: UUID,
+        number_text: str,
+        carrier: str | None,
+        ip: str | None,
+        work: UnitOfWork,
+    ) -> PhoneView:
+        """S1: the number waits, unused, until the code sent to it is confirmed."""
+        if carrier is not None and len(carrier) > MAX_CARRIER:
+            raise InvalidPhoneNumber(f"Carrier names have at most {MAX_CARRIER} characters.")
+        number = phones.parse(number_text)
+        if not self._guard.country_allowed(number):
+            raise InvalidPhoneNumber("Text messages cannot be sent to that country.")
+        await self._guard.admit(number, user_id, ip)
+        phone, _ = await Phone.get_or_create(user_id=user_id)
+        phone.pending_number = number.e164
+        phone.pending_carrier = carrier
+        await phone.save(update_fields=["pending_number", "pending_carrier"])
+        code = codes.new_code()
+        row = await self._store_code(
+            user_id,
+            SmsCodePurpose.VERIFY_PHONE,
+            None,
+            number.e164,
+            code,
+            self._clock() + self._code_ttl,
+        )
+        await self._queue_code_message(user_id, number.e164, row, work)
+        return PhoneView(phones.mask(number.e164), False, carrier, False)
+
+    async def verify_phone(self, user_id: UUID, code: str) -> PhoneView:
+        """S1: the confirmed number replaces the old one; SMS to it starts unpaused."""
+        phone = await Phone.get_or_none(user_id=user_id)
+        if phone is None or phone.pending_number is None:
+            raise NoPendingPhone()
+        if not await self._spend_code(
+            user_id=user_id,
+            purpose=SmsCodePurpose.VERIFY_PHONE,
+            code=code,
+            number=phone.pending_number,
+        ):
+            raise WrongSmsCode()
+        phone.number = phone.pending_number
+        phone.carrier = phone.pending_carrier
+        phone.pending_number = None
+        phone.pending_carrier = None
+        phone.verified_at = self._clock()
+        phone.sms_paused = False
+        await phone.save()
+        await audit.record(user_id, "phone.added")
+        view = phone_view(phone)
+        assert view is not None
+        return view
+
+    async def remove_phone(self, user_id: UUID) -> str | None:
+        """Returns the removed verified number (for the notice), or None if there was none."""
+        phone = await Phone.get_or_none(user_id=user_id)
+        if phone is None:
+            return None
+        await Phone.filter(id=phone.id).delete()
+        await audit.record(user_id, "phone.removed")
+        return phone.number if phone.verified_at else None
+
+    async def sms_ready_number(self, user_id: UUID) -> str | None:
+        phone = await Phone.get_or_none(
+            user_id=user_id, verified_at__isnull=False, sms_paused=False
+        )
+        return phone.number if phone else None
+
+    # The factor (L5, S2) -----------------------------------------------------------------
+
+    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
+        return await self.sms_ready_number(user_id) is not None
+
+    def client_refusal(self, client: ClientKind) -> DomainError | None:
+        return None
+
+    async def verify(self, attempt: Attempt) -> Verdict:
+        """S2: any code sent for this challenge, each once, while the challenge lives."""
+        if await self._spend_code(
+            user_id=attempt.user_id,
+            purpose=SmsCodePurpose.LOGIN,
+            code=attempt.code,
+            challenge_id=attempt.challenge_id,
+        ):
+            return ACCEPTED
+        return Verdict(accepted=False, error=WrongSmsCode())
+
+    async def start_challenge(
+        self,
+        user_id: UUID,
+        challenge_id: UUID,
+        expires_at: datetime,
+        ip: str | None,
+        work: UnitOfWork,
+    ) -> bool:
+        """L4: the first code goes at once (S7 still applies; a refusal leaves the challenge to
+        the other methods and to `requestSmsCode`)."""
+        number = await self.sms_ready_number(user_id)
+        if number is None:
+            return False
+        try:
+            await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
+        except (RateLimited, InvalidPhoneNumber):
+            return False
+        return True
+
+    async def request_code(
+        self,
+        user_id: UUID,
+        challenge_id: UUID,
+        expires_at: datetime,
+        ip: str | None,
+        work: UnitOfWork,
+    ) -> None:
+        """S2, H6: another code after the cooldown, at most 3 per challenge."""
+        number = await self.sms_ready_number(user_id)
+        if number is None:
+            raise SmsNotAvailable()
+        wait = await self.retry_after(challenge_id)
+        if wait:
+            raise RateLimited(wait, "Wait before asking for another code.")
+        sent = await SmsCode.filter(challenge_id=challenge_id).count()
+        if sent >= self._max_sends:
+            remaining = max(1, math.ceil((expires_at - self._clock()).total_seconds()))
+            raise RateLimited(remaining, "No more codes for this login; log in again later.")
+        await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
+
+    async def retry_after(self, challenge_id: UUID) -> int:
+        """Seconds before `requestSmsCode` may send again (0: now)."""
+        last = await SmsCode.filter(challenge_id=challenge_id).order_by("-created_at").first()
+        if last is None:
+            return 0
+        ready_at = last.created_at + self._cooldown
+        return max(0, math.ceil((ready_at - self._clock()).total_seconds()))
+
+    # Keywords (S5, H9) -------------------------------------------------------------------
+
+    async def set_paused(self, number: str, paused: bool) -> int:
+        return await Phone.filter(number=number, verified_at__isnull=False).update(
+            sms_paused=paused
+        )
+
+    async def resend_latest(self, number: str, work: UnitOfWork) -> bool:
+        """H9 GO: resends the latest unexpired code of a waiting challenge unchanged, or the
+        first one if none was sent. Returns whether a message was queued."""
+        phone = await Phone.get_or_none(number=number, verified_at__isnull=False)
+        if phone is None:
+            return False
+        now = self._clock()
+        latest = (
+            await SmsCode.filter(
+                user_id=phone.user_id,
+                purpose=SmsCodePurpose.LOGIN,
+                number=number,
+                used_at__isnull=True,
+                expires_at__gt=now,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if latest is not None:
+            await self._queue_code_message(phone.user_id, number, latest, work)
+            return True
+        return False
+
+    # Internals -----------------------------------------------------------------------------
+
+    async def _send_login_code(
+        self,
+        user_id: UUID,
+        challenge_id: UUID,
+        number: str,
+        expires_at: datetime,
+        ip: str | None,
+        work: UnitOfWork,
+    ) -> None:
+        await self._guard.admit(phones.parse(number), user_id, ip)
+        code = codes.new_code()
+        row = await self._store_code(
+            user_id, SmsCodePurpose.LOGIN, challenge_id, number, code, expires_at
+        )
+        await self._queue_code_message(user_id, number, row, work)
+
+    async def _store_code(
+        self,
+        user_id: UUID,
+        purpose: SmsCodePurpose,
+        challenge_id: UUID | None,
+        number: str,
+        code: str,
+        expires_at: datetime,
+    ) -> SmsCode:
+        code_id = uuid4()
+        return await SmsCode.create(
+            id=code_id,
+            user_id=user_id,
+            purpose=purpose,
+            challenge_id=challenge_id,
+            number=number,
+            code_hash=self._box.keyed_hash(code),
+            code_sealed=self._box.encrypt(code, context=f"sms:{code_id}"),
+            expires_at=expires_at,
+        )
+
+    async def _queue_code_message(
+        self, user_id: UUID, number: str, code: SmsCode, work: UnitOfWork
+    ) -> None:
+        message = await SmsMessage.create(
+            user_id=user_id, to_number=number, code_id=code.id, expires_at=code.expires_at
+        )
+        await work.enqueue(send_job(message.id))
+
+    async def queue_text(
+        self, user_id: UUID | None, number: str, body: str, notice: str, work: UnitOfWork
+    ) -> UUID:
+        """A message without secrets: notices and keyword replies."""
+        message = await SmsMessage.create(
+            user_id=user_id, to_number=number, notice=notice, body=body
+        )
+        await work.enqueue(send_job(message.id))
+        return message.id
+
+    async def _spend_code(
+        self,
+        *,
+        user_id: UUID,
+        purpose: SmsCodePurpose,
+        code: str,
+        challenge_id: UUID | None = None,
+        number: str | None = None,
+    ) -> bool:
+        normalized = codes.normalize(code)
+        if normalized is None:
+            return False
+        query = SmsCode.filter(
+            user_id=user_id,
+            purpose=purpose,
+            code_hash__in=self._box.keyed_hash_candidates(normalized),
+            used_at__isnull=True,
+            expires_at__gt=self._clock(),
+        )
+        if challenge_id is not None:
+            query = query.filter(challenge_id=challenge_id)
+        if number is not None:
+            query = query.filter(number=number)
+        return await query.update(used_at=self._clock()) >= 1
+
+
+def send_job(message_id: UUID) -> JobRequest:
+    """S4: the message id is the job id, so a message is one job however often it is relayed."""
+    return JobRequest(
+        name=JOB_SMS_SEND,
+        queue=QUEUE_SMS,
+        payload={"message_id": str(message_id)},
+        job_id=str(message_id),
+    )

@@ -1,0 +1,78 @@
+"""Twilio's Messages API over httpx (API.md): form POST, basic auth, StatusCallback."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.factors.sms.delivery import ProviderOutcome, ProviderResult
+
+PERMANENT_HTTP = frozenset({400, 401, 403, 404, 409, 410, 422})
+
+
+class TwilioProvider:
+    def __init__(
+        self,
+        *,
+        name: str,
+        client: httpx.AsyncClient,
+        base_url: str,
+        account_sid: str,
+        auth_token: str,
+        sender: str,
+        status_callback: str,
+        timeout: float,
+    ) -> None:
+        self.name = name
+        self._client = client
+        self._url = f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
+        self._auth = (account_sid, auth_token)
+        self._sender = sender
+        self._callback = status_callback
+        self._timeout = timeout
+
+    async def send(self, to: str, body: str) -> ProviderResult:
+        form = {"To": to, "From": self._sender, "Body": body, "StatusCallback": self._callback}
+        try:
+            response = await self._client.post(
+                self._url, data=form, auth=self._auth, timeout=self._timeout
+            )
+        except httpx.TimeoutException:
+            return ProviderResult(ProviderOutcome.TRANSIENT, error_code="timeout")
+        except httpx.TransportError:
+            return ProviderResult(ProviderOutcome.TRANSIENT, error_code="connection")
+        status = response.status_code
+        payload = _json(response)
+        if status in (200, 201):
+            sid = payload.get("sid")
+            return ProviderResult(
+                ProviderOutcome.SENT, sid=str(sid) if sid else None, http_status=status
+            )
+        code = str(payload["code"]) if payload.get("code") is not None else None
+        if status == 429:
+            return ProviderResult(
+                ProviderOutcome.TRANSIENT,
+                http_status=status,
+                error_code=code or "429",
+                retry_after=_retry_after(response),
+            )
+        if status >= 500:
+            return ProviderResult(ProviderOutcome.TRANSIENT, http_status=status, error_code=code)
+        return ProviderResult(ProviderOutcome.PERMANENT, http_status=status, error_code=code)
+
+
+def _json(response: httpx.Response) -> dict[str, object]:
+    try:
+        value = response.json()
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None

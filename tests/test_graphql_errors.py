@@ -1,0 +1,393 @@
+"""G1 (the checked-in SDL and API.md's contract), G2 (stable error codes, no stack traces, bad
+input changes nothing) and G4 (bearer authentication over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import graphql
+import httpx
+import pyotp
+import pytest
+
+from gateway.accounts.models import User
+from gateway.core.code_throttle import FactorThrottle
+from gateway.graphql.schema import build_schema
+from gateway.login.models import ChallengeStatus, LoginChallenge
+from tests.graphql_client import (
+    BEGIN_TOTP,
+    CONFIRM_TOTP,
+    ENABLE_2FA,
+    LOGIN,
+    PASSWORD,
+    SIGN_UP,
+    VERIFY,
+    data,
+    gql,
+    sign_up,
+)
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
+
+# API.md's contract for the first half (accounts, login challenges, TOTP, backup codes,
+# temporary passwords, settings and audit), as written there.
+API_FIRST_HALF = """
+scalar DateTime
+enum ClientKind { WEB MOBILE_WEB IOS ANDROID THIRD_PARTY }
+enum TwoFactorMethod { PUSH SMS TOTP APP_CODE BACKUP_CODE }
+enum ChallengeStatus { PENDING APPROVED DENIED EXPIRED LOCKED COMPLETED }
+enum Platform { IOS ANDROID }
+input ClientInput { kind: ClientKind!  name: String }
+type Session { token: String!  expiresAt: DateTime!  clientKind: ClientKind! }
+type LoginChallenge {
+  id: ID!
+  token: String!
+  status: ChallengeStatus!
+  methods: [TwoFactorMethod!]!
+  expiresAt: DateTime!
+  matchNumber: Int
+  smsRetryAfterSeconds: Int
+}
+union LoginResult = Session | LoginChallenge
+type Phone { maskedNumber: String!  verified: Boolean!  carrier: String  smsPaused: Boolean! }
+type Device { id: ID!  name: String!  platform: Platform!  pushEnabled: Boolean!
+  lastSeenAt: DateTime  createdAt: DateTime! }
+type SecuritySettings {
+  twoFactorEnabled: Boolean!
+  methods: [TwoFactorMethod!]!
+  phone: Phone
+  totpEnabled: Boolean!
+  devices: [Device!]!
+  backupCodesActive: Int!
+  temporaryPasswordExpiresAt: DateTime
+}
+type SecurityEvent { id: ID!  kind: String!  createdAt: DateTime!  detail: String }
+type PageInfo { hasNextPage: Boolean!  endCursor: String }
+type SecurityEventEdge { node: SecurityEvent!  cursor: String! }
+type SecurityEventConnection { edges: [SecurityEventEdge!]!  pageInfo: PageInfo! }
+type Viewer {
+  id: ID!
+  username: String!
+  securitySettings: SecuritySettings!
+  securityEvents(first: Int = 20, after: String): SecurityEventConnection!
+}
+type TotpEnrollment { secret: String!  otpauthUri: String!  qrSvg: String! }
+type BackupCode { code: String!  sequence: Int!  activeCount: Int! }
+type TemporaryPassword { password: String!  expiresAt: DateTime! }
+type TwoFactorEnabled { settings: SecuritySettings!  backupCode: BackupCode! }
+type SettingsChange { settings: SecuritySettings!  twoFactorDisabled: Boolean! }
+type Query {
+  viewer: Viewer
+  loginChallenge(id: ID!, token: String!): LoginChallenge!
+}
+type Mutation {
+  signUp(username: String!, password: String!, client: ClientInput!): Session!
+  login(username: String!, password: String!, client: ClientInput!): LoginResult!
+  verifyLoginChallenge(id: ID!, token: String!, method: TwoFactorMethod!, code: String!): Session!
+  logout: Boolean!
+  reauthenticate(password: String!): Boolean!
+  beginTotpEnrollment: TotpEnrollment!
+  confirmTotpEnrollment(code: String!): SecuritySettings!
+  removeTotp: SettingsChange!
+  enableTwoFactor: TwoFactorEnabled!
+  disableTwoFactor: SecuritySettings!
+  newBackupCode: BackupCode!
+  createTemporaryPassword: TemporaryPassword!
+}
+"""
+
+PROTECTED_MUTATIONS = [
+    "mutation { beginTotpEnrollment { secret } }",
+    'mutation { confirmTotpEnrollment(code: "123456") { totpEnabled } }',
+    "mutation { removeTotp { twoFactorDisabled } }",
+    "mutation { enableTwoFactor { backupCode { code } } }",
+    "mutation { disableTwoFactor { twoFactorEnabled } }",
+    "mutation { newBackupCode { code } }",
+    "mutation { createTemporaryPassword { password } }",
+    f'mutation {{ reauthenticate(password: "{PASSWORD}") }}',
+]
+
+
+def expected_schema() -> graphql.GraphQLSchema:
+    return graphql.build_schema(API_FIRST_HALF)
+
+
+def committed_schema() -> graphql.GraphQLSchema:
+    return graphql.build_schema(SCHEMA_FILE.read_text())
+
+
+def codes_of(body: dict[str, Any]) -> list[str]:
+    return [str(e.get("extensions", {}).get("code")) for e in body.get("errors") or []]
+
+
+def assert_no_trace(body: dict[str, Any]) -> None:
+    for error in body.get("errors") or []:
+        assert "Traceback" not in error["message"], error
+        assert 'File "' not in error["message"], error
+        assert "Traceback" not in str(error.get("extensions", {})), error
+
+
+def assert_bad_input(body: dict[str, Any]) -> None:
+    assert codes_of(body), body
+    assert set(codes_of(body)) == {"BAD_USER_INPUT"}, body
+    assert_no_trace(body)
+
+
+async def two_factor_challenge(
+    client: httpx.AsyncClient, username: str
+) -> tuple[dict[str, Any], str]:
+    """A user with TOTP and 2FA on, and an open login challenge; returns it and a backup code."""
+    token = await sign_up(client, username)
+    enrollment = (await data(client, BEGIN_TOTP, token=token))["beginTotpEnrollment"]
+    await data(client, CONFIRM_TOTP, {"c": pyotp.TOTP(enrollment["secret"]).now()}, token=token)
+    backup: str = (await data(client, ENABLE_2FA, token=token))["enableTwoFactor"]["backupCode"][
+        "code"
+    ]
+    login: dict[str, Any] = (await data(client, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"}))[
+        "login"
+    ]
+    assert login["__typename"] == "LoginChallenge"
+    return login, backup
+
+
+async def assert_challenge_untouched(
+    client: httpx.AsyncClient, challenge: dict[str, Any], username: str, backup: str
+) -> None:
+    row = await LoginChallenge.get(id=UUID(challenge["id"]))
+    assert row.wrong_attempts == 0
+    assert row.status is ChallengeStatus.PENDING
+    user = await User.get(username_key=username.casefold())
+    assert not await FactorThrottle.filter(user_id=user.id, consecutive_failures__gt=0).exists()
+    done = await data(
+        client,
+        VERIFY,
+        {"id": challenge["id"], "t": challenge["token"], "m": "BACKUP_CODE", "c": backup},
+    )
+    assert done["verifyLoginChallenge"]["token"]
+
+
+# --- G1 -----------------------------------------------------------------------------------
+
+
+def test_g1_exported_schema_matches_committed_schema_graphql() -> None:
+    exported = str(build_schema(development=True)).rstrip() + "\n"
+    assert exported == SCHEMA_FILE.read_text()
+
+
+def test_g1_production_schema_has_the_same_sdl() -> None:
+    assert str(build_schema(development=False)) == str(build_schema(development=True))
+
+
+def test_g1_schema_graphql_names_every_type_field_and_operation_of_api_md() -> None:
+    expected = expected_schema()
+    actual = committed_schema()
+    missing: list[str] = []
+    for name, wanted in expected.type_map.items():
+        if name.startswith("__") or name in graphql.specified_scalar_types:
+            continue
+        found = actual.type_map.get(name)
+        if found is None or type(found) is not type(wanted):
+            missing.append(f"type {name}")
+            continue
+        if isinstance(wanted, graphql.GraphQLEnumType):
+            assert isinstance(found, graphql.GraphQLEnumType)
+            missing += [f"{name}.{v}" for v in wanted.values if v not in found.values]
+        elif isinstance(wanted, graphql.GraphQLUnionType):
+            assert isinstance(found, graphql.GraphQLUnionType)
+            members = {t.name for t in found.types}
+            missing += [f"{name} | {t.name}" for t in wanted.types if t.name not in members]
+        elif isinstance(wanted, graphql.GraphQLObjectType | graphql.GraphQLInputObjectType):
+            assert isinstance(found, graphql.GraphQLObjectType | graphql.GraphQLInputObjectType)
+            for field_name, field in wanted.fields.items():
+                if field_name not in found.fields:
+                    missing.append(f"{name}.{field_name}")
+                    continue
+                args = getattr(field, "args", {})
+                found_args = getattr(found.fields[field_name], "args", {})
+                missing += [f"{name}.{field_name}({a})" for a in args if a not in found_args]
+    assert missing == []
+
+
+def test_g1_schema_graphql_keeps_api_md_field_and_argument_types() -> None:
+    expected = expected_schema()
+    actual = committed_schema()
+    differences: list[str] = []
+    for name, wanted in expected.type_map.items():
+        if not isinstance(wanted, graphql.GraphQLObjectType | graphql.GraphQLInputObjectType):
+            continue
+        if name.startswith("__"):
+            continue
+        found = actual.type_map[name]
+        assert isinstance(found, graphql.GraphQLObjectType | graphql.GraphQLInputObjectType)
+        for field_name, field in wanted.fields.items():
+            got = found.fields[field_name]
+            if str(got.type) != str(field.type):
+                differences.append(f"{name}.{field_name}: {got.type} != {field.type}")
+            for arg_name, arg in getattr(field, "args", {}).items():
+                got_arg = got.args[arg_name]  # type: ignore[union-attr]
+                if str(got_arg.type) != str(arg.type):
+                    differences.append(
+                        f"{name}.{field_name}({arg_name}): {got_arg.type} != {arg.type}"
+                    )
+    assert differences == []
+
+
+# --- G2 -----------------------------------------------------------------------------------
+
+
+async def test_g2_malformed_challenge_id_is_bad_user_input(client: httpx.AsyncClient) -> None:
+    body = await gql(client, VERIFY, {"id": "not-a-uuid", "t": "token", "m": "TOTP", "c": "123456"})
+    assert_bad_input(body)
+    assert not body.get("data")
+    query = 'query($id: ID!) { loginChallenge(id: $id, token: "x") { id } }'
+    assert_bad_input(await gql(client, query, {"id": "not-a-uuid"}))
+
+
+async def test_g2_malformed_id_counts_no_attempt_on_a_real_challenge(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    challenge, backup = await two_factor_challenge(client, username)
+    body = await gql(
+        client, VERIFY, {"id": "not-a-uuid", "t": challenge["token"], "m": "TOTP", "c": "1"}
+    )
+    assert_bad_input(body)
+    await assert_challenge_untouched(client, challenge, username, backup)
+
+
+async def test_g2_huge_username_is_bad_user_input_and_creates_nothing(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    huge = username + "a" * 10_000
+    users_before = await User.all().count()
+    body = await gql(client, SIGN_UP, {"u": huge, "p": PASSWORD, "k": "WEB"})
+    assert_bad_input(body)
+    login = await gql(client, LOGIN, {"u": huge, "p": PASSWORD, "k": "WEB"})
+    assert_bad_input(login)
+    assert await User.all().count() == users_before
+    assert not await User.exists(username__startswith=username)
+
+
+async def test_g2_huge_code_is_bad_user_input_and_counts_no_attempt(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    challenge, backup = await two_factor_challenge(client, username)
+    for method in ("TOTP", "BACKUP_CODE"):
+        body = await gql(
+            client,
+            VERIFY,
+            {"id": challenge["id"], "t": challenge["token"], "m": method, "c": "1" * 10_000},
+        )
+        assert_bad_input(body)
+    await assert_challenge_untouched(client, challenge, username, backup)
+
+
+async def test_g2_wrong_variable_types_are_bad_user_input_and_change_nothing(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    users_before = await User.all().count()
+    for variables in (
+        {"u": username, "p": 12345678, "k": "WEB"},
+        {"u": 42, "p": PASSWORD, "k": "WEB"},
+        {"u": username, "p": PASSWORD, "k": "DESKTOP"},
+        {"u": [username], "p": PASSWORD, "k": "WEB"},
+    ):
+        assert_bad_input(await gql(client, SIGN_UP, variables))
+    assert await User.all().count() == users_before
+
+    other = f"{username}_2fa"
+    challenge, backup = await two_factor_challenge(client, other)
+    for variables in (
+        {"id": challenge["id"], "t": challenge["token"], "m": "BACKUP_CODE", "c": 123456},
+        {"id": challenge["id"], "t": challenge["token"], "m": "NOPE", "c": "123456"},
+        {"id": challenge["id"], "t": None, "m": "TOTP", "c": "123456"},
+        {"id": {"x": 1}, "t": challenge["token"], "m": "TOTP", "c": "123456"},
+    ):
+        assert_bad_input(await gql(client, VERIFY, variables))
+    await assert_challenge_untouched(client, challenge, other, backup)
+
+
+async def test_g2_syntax_error_has_a_stable_code_and_no_trace(
+    client: httpx.AsyncClient,
+) -> None:
+    body = await gql(client, "mutation { verifyLoginChallenge(id: ")
+    assert_no_trace(body)
+    assert codes_of(body) == ["BAD_USER_INPUT"], body
+
+
+async def test_g2_unknown_challenge_is_not_found_without_trace(
+    client: httpx.AsyncClient,
+) -> None:
+    body = await gql(
+        client,
+        VERIFY,
+        {"id": "00000000-0000-4000-8000-000000000000", "t": "x", "m": "TOTP", "c": "123456"},
+    )
+    assert codes_of(body) == ["NOT_FOUND"]
+    assert_no_trace(body)
+
+
+# --- G4 -----------------------------------------------------------------------------------
+
+
+def bad_headers(token: str) -> list[dict[str, str]]:
+    return [
+        {},
+        {"Authorization": ""},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer garbage"},
+        {"Authorization": f"Bearer {token}x"},
+        {"Authorization": f"Bearer {'a' * 5000}"},
+        {"Authorization": f"Basic {token}"},
+        {"Authorization": token},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+    ]
+
+
+async def post(client: httpx.AsyncClient, query: str, headers: dict[str, str]) -> dict[str, Any]:
+    response = await client.post("/graphql", json={"query": query}, headers=headers)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_g4_missing_garbage_or_basic_authorization_gives_no_viewer(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    token = await sign_up(client, username)
+    query = "{ viewer { username } }"
+    ok = await post(client, query, {"Authorization": f"Bearer {token}"})
+    assert ok == {"data": {"viewer": {"username": username}}}
+    for headers in bad_headers(token):
+        assert await post(client, query, headers) == {"data": {"viewer": None}}, headers
+
+
+@pytest.mark.parametrize("mutation", PROTECTED_MUTATIONS)
+async def test_g4_protected_mutations_without_a_valid_bearer_are_unauthenticated(
+    client: httpx.AsyncClient, username: str, mutation: str
+) -> None:
+    token = await sign_up(client, username)
+    for headers in bad_headers(token):
+        body = await post(client, mutation, headers)
+        assert codes_of(body) == ["UNAUTHENTICATED"], (headers, body)
+        assert not body.get("data"), body
+    settings = await post(
+        client,
+        "{ viewer { securitySettings { totpEnabled twoFactorEnabled } } }",
+        {"Authorization": f"Bearer {token}"},
+    )
+    assert settings["data"]["viewer"]["securitySettings"] == {
+        "totpEnabled": False,
+        "twoFactorEnabled": False,
+    }
+
+
+async def test_g4_logout_with_a_bad_bearer_returns_false_and_keeps_the_session(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    token = await sign_up(client, username)
+    for headers in bad_headers(token):
+        assert await post(client, "mutation { logout }", headers) == {"data": {"logout": False}}
+    still = await post(client, "{ viewer { username } }", {"Authorization": f"Bearer {token}"})
+    assert still == {"data": {"viewer": {"username": username}}}
