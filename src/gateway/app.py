@@ -17,6 +17,7 @@ from gateway.core.db import close_database, open_database
 from gateway.graphql.schema import build_schema
 from gateway.graphql.view import KanmonGraphQL, RequestLimits
 from gateway.settings import Settings
+from gateway.webhooks.sms import sms_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     routes = [
         Route("/graphql", RequestLimits(graphql_app), methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_app),
+        *sms_webhook_routes(lambda: holder["services"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]

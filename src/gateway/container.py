@@ -24,6 +24,7 @@ from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.factors.totp.service import TotpService
 from gateway.login.service import LoginService
+from gateway.login.sms_keywords import SmsKeywords
 from gateway.security.service import SecurityService
 from gateway.settings import Settings
 
@@ -43,6 +44,8 @@ class Services:
     notifier: Notifier
     login: LoginService
     security: SecurityService
+    sms_keywords: SmsKeywords
+    clock: Clock
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -137,4 +140,6 @@ def build_services(
         notifier=Notifier([SmsNoticeChannel(sms)]),
         login=login,
         security=security,
+        sms_keywords=SmsKeywords(sms, clock),
+        clock=clock,
     )

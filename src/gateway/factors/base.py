@@ -22,6 +22,13 @@ class TwoFactorMethod(StrEnum):
 
 # API.md: LoginChallenge.methods are listed in this order.
 METHOD_ORDER = list(TwoFactorMethod)
+
+
+def with_method(methods: list[str], method: TwoFactorMethod) -> list[str]:
+    """A challenge's method list with `method` added, still in API order."""
+    return [m.value for m in METHOD_ORDER if m.value in methods or m is method]
+
+
 PRIMARY_METHODS = frozenset({TwoFactorMethod.PUSH, TwoFactorMethod.SMS, TwoFactorMethod.TOTP})
 
 

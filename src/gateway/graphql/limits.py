@@ -26,9 +26,11 @@ MAX_ALIASES = 15
 MAX_TOKENS = 2000
 MAX_BODY_BYTES = 64 * 1024
 
-# Fields that check a password or a code: at most one of them per request.
+# Fields that check a password or a code, or send one: at most one of them per request.
 VERIFYING_FIELDS = frozenset(
     {
+        "addPhone",
+        "requestSmsCode",
         "signUp",
         "login",
         "reauthenticate",

@@ -20,6 +20,7 @@ from strawberry.types import ExecutionContext
 
 from gateway.graphql.accounts import AccountMutation, AccountQuery
 from gateway.graphql.factors.backup_codes import BackupCodeMutation
+from gateway.graphql.factors.sms import SmsMutation
 from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutation
 from gateway.graphql.factors.totp import TotpMutation
 from gateway.graphql.limits import MAX_TOKENS, DocumentLimitsRule
@@ -35,6 +36,7 @@ Mutation = merge_types(
         TotpMutation,
         SecurityMutation,
         BackupCodeMutation,
+        SmsMutation,
         TemporaryPasswordMutation,
     ),
 )

@@ -14,6 +14,7 @@ from gateway.accounts.service import IssuedSession
 from gateway.core.audit import SecurityEvent as SecurityEventRow
 from gateway.core.errors import BadUserInput
 from gateway.factors.base import TwoFactorMethod as DomainMethod
+from gateway.factors.sms.service import PhoneView
 from gateway.login.models import ChallengeStatus as DomainChallengeStatus
 from gateway.login.service import ChallengeView
 from gateway.security.service import SettingsView
@@ -79,6 +80,15 @@ class Phone:
     carrier: str | None
     sms_paused: bool
 
+    @classmethod
+    def of(cls, view: PhoneView) -> Phone:
+        return cls(
+            masked_number=view.masked_number,
+            verified=view.verified,
+            carrier=view.carrier,
+            sms_paused=view.sms_paused,
+        )
+
 
 @strawberry.type
 class Device:
@@ -105,7 +115,7 @@ class SecuritySettings:
         return cls(
             two_factor_enabled=view.two_factor_enabled,
             methods=list(view.methods),
-            phone=None,
+            phone=None if view.phone is None else Phone.of(view.phone),
             totp_enabled=view.totp_enabled,
             devices=[],
             backup_codes_active=view.backup_codes_active,

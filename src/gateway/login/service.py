@@ -24,7 +24,13 @@ from gateway.core.errors import (
 )
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
-from gateway.factors.base import METHOD_ORDER, Attempt, CodeFactor, TwoFactorMethod
+from gateway.factors.base import (
+    METHOD_ORDER,
+    Attempt,
+    CodeFactor,
+    TwoFactorMethod,
+    with_method,
+)
 from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.login.models import ChallengeStatus, LoginChallenge
@@ -180,11 +186,7 @@ class LoginService:
         if not await self._sms.offered(challenge.user_id, challenge.client_kind):
             raise MethodNotAvailable("This account has no phone that can receive SMS.")
         if TwoFactorMethod.SMS.value not in challenge.methods:
-            challenge.methods = [
-                m.value
-                for m in METHOD_ORDER
-                if m.value in challenge.methods or m is TwoFactorMethod.SMS
-            ]
+            challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)
             await challenge.save(update_fields=["methods"])
         await self._sms.request_code(
             challenge.user_id, challenge.id, challenge.expires_at, ip_address, work

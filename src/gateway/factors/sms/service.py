@@ -214,7 +214,11 @@ class SmsService:
 
     # Keywords (S5, H9) -------------------------------------------------------------------
 
-    async def set_paused(self, number: str, paused: bool) -> int:
+    async def registered_number_user(self, number: str) -> UUID | None:
+        phone = await Phone.get_or_none(number=number, verified_at__isnull=False)
+        return phone.user_id if phone else None
+
+    async def set_paused(self, number: str, *, paused: bool) -> int:
         return await Phone.filter(number=number, verified_at__isnull=False).update(
             sms_paused=paused
         )

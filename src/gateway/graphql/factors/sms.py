@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import strawberry
 
-from gateway.factors.sms.service import PhoneView
 from gateway.graphql.context import Info
 from gateway.graphql.types import Phone, SecuritySettings, SettingsChange
-
-
-def phone_of(view: PhoneView) -> Phone:
-    return Phone(
-        masked_number=view.masked_number,
-        verified=view.verified,
-        carrier=view.carrier,
-        sms_paused=view.sms_paused,
-    )
 
 
 @strawberry.type
@@ -29,7 +19,7 @@ class SmsMutation:
             view = await services.sms.add_phone(
                 session.user.id, number, carrier, info.context.ip_address, work
             )
-        return phone_of(view)
+        return Phone.of(view)
 
     @strawberry.mutation
     async def verify_phone(self, info: Info, code: str) -> Phone:
@@ -37,7 +27,7 @@ class SmsMutation:
         services = info.context.services
         async with services.uow():
             outcome = await services.security.verify_phone(session, code)
-        return phone_of(outcome.unwrap())
+        return Phone.of(outcome.unwrap())
 
     @strawberry.mutation
     async def remove_phone(self, info: Info) -> SettingsChange:

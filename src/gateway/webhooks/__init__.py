@@ -1,0 +1,1 @@
+"""Provider webhooks: thin starlette endpoints in front of the domain."""
