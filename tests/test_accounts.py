@@ -69,7 +69,7 @@ async def domain_account(services: Services, username: str) -> str:
     """Signs up through the domain layer; returns the first session's bearer token."""
     async with services.uow():
         user = await services.accounts.sign_up(username, PASSWORD)
-        issued = await services.accounts.issue_session(user.id, WEB)
+        issued = await services.accounts.issue_session(user.id, WEB, password_proved=True)
     return issued.token
 
 

@@ -61,7 +61,7 @@ async def test_s4_sweeper_dispatches_what_a_redis_outage_kept_back(
     user_id = str(uuid4())
     broken = _unreachable_redis()
     try:
-        async with UnitOfWorkFactory(OutboxRelay(broken))() as work:
+        async with UnitOfWorkFactory(OutboxRelay(broken), broken)() as work:
             await work.enqueue(_job(user_id))
     finally:
         await broken.aclose()

@@ -77,7 +77,7 @@ def arabic_indic(code: str) -> str:
 async def domain_account(services: Services, username: str) -> str:
     async with services.uow():
         user = await services.accounts.sign_up(username, PASSWORD)
-        issued = await services.accounts.issue_session(user.id, WEB)
+        issued = await services.accounts.issue_session(user.id, WEB, password_proved=True)
     return issued.token
 
 

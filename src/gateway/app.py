@@ -14,6 +14,7 @@ from tortoise import connections
 
 from gateway.container import Services, build_services, connect_redis
 from gateway.core.db import close_database, open_database
+from gateway.core.events import EventHub
 from gateway.graphql.schema import build_schema
 from gateway.graphql.view import KanmonGraphQL, RequestLimits
 from gateway.settings import Settings
@@ -28,13 +29,14 @@ async def healthz(_: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
-    """With `services` given (tests, embedding), the caller owns the database and Redis."""
+    """With `services` given (tests, embedding), the caller owns the database and Redis and
+    stops `app.state.events` when done."""
     holder: dict[str, Services] = {}
     if services is not None:
         holder["services"] = services
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if services is not None:
             yield
             return
@@ -44,6 +46,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         try:
             yield
         finally:
+            await app.state.events.stop()
             await holder["services"].close()
             await close_database()
 
@@ -66,7 +69,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         )
 
     schema = build_schema(development=settings.development)
-    graphql_app = _LazyGraphQL(holder, schema, settings)
+    events = _LazyEvents(holder)
+    graphql_app = _LazyGraphQL(holder, events, schema, settings)
     routes = [
         Route("/graphql", RequestLimits(graphql_app), methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_app),
@@ -74,14 +78,42 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.events = events
+    return app
+
+
+class _LazyEvents:
+    """One EventHub per process, on the services' Redis, started on first use."""
+
+    def __init__(self, holder: dict[str, Services]) -> None:
+        self._holder = holder
+        self.hub: EventHub | None = None
+
+    def get(self) -> EventHub:
+        if self.hub is None:
+            self.hub = EventHub(self._holder["services"].redis)
+            self.hub.start()
+        return self.hub
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+            self.hub = None
 
 
 class _LazyGraphQL:
     """The GraphQL view needs the services, which exist only once the lifespan has run."""
 
-    def __init__(self, holder: dict[str, Services], schema: object, settings: Settings) -> None:
+    def __init__(
+        self,
+        holder: dict[str, Services],
+        events: _LazyEvents,
+        schema: object,
+        settings: Settings,
+    ) -> None:
         self._holder = holder
+        self._events = events
         self._schema = schema
         self._settings = settings
         self._view: KanmonGraphQL | None = None
@@ -90,6 +122,7 @@ class _LazyGraphQL:
         if self._view is None:
             self._view = KanmonGraphQL(
                 self._holder["services"],
+                self._events.get(),
                 schema=self._schema,
                 development=self._settings.development,
                 graphql_ide="graphiql" if self._settings.development else None,

@@ -18,11 +18,13 @@ from gateway.core.passwords import Passwords
 from gateway.core.throttle import WindowCounter
 from gateway.core.uow import UnitOfWorkFactory
 from gateway.factors.backup_codes.service import BackupCodeService
+from gateway.factors.push.service import AppCodeFactor, PushPolicy, PushService
 from gateway.factors.sms.limits import SendGuard, SendLimits
 from gateway.factors.sms.notices import SmsNoticeChannel
 from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.factors.totp.service import TotpService
+from gateway.login.approvals import PushApprovals
 from gateway.login.service import LoginService
 from gateway.login.sms_keywords import SmsKeywords
 from gateway.security.service import SecurityService
@@ -42,7 +44,9 @@ class Services:
     temporary_passwords: TemporaryPasswordService
     sms: SmsService
     notifier: Notifier
+    push: PushService
     login: LoginService
+    approvals: PushApprovals
     security: SecurityService
     sms_keywords: SmsKeywords
     clock: Clock
@@ -113,6 +117,16 @@ def build_services(
         clock=clock,
     )
     totp = TotpService(box, clock)
+    push = PushService(
+        box,
+        PushPolicy(
+            number_matching=settings.push_number_matching,
+            max_pending=settings.push_max_pending,
+            fatigue_threshold=settings.push_fatigue_threshold,
+            pause=timedelta(seconds=settings.push_pause_seconds),
+        ),
+        clock,
+    )
     backup_codes = BackupCodeService(box, clock)
     temporary = TemporaryPasswordService(
         box, timedelta(seconds=settings.temporary_password_ttl_seconds), clock
@@ -120,25 +134,28 @@ def build_services(
     login = LoginService(
         accounts,
         temporary,
-        [sms, totp, backup_codes],
+        [sms, totp, AppCodeFactor(push), backup_codes],
         sms,
+        push,
         challenge_ttl=timedelta(seconds=settings.challenge_ttl_seconds),
         clock=clock,
     )
-    security = SecurityService(accounts, totp, backup_codes, temporary, sms, clock)
+    security = SecurityService(accounts, totp, backup_codes, temporary, sms, push, clock)
     return Services(
         settings=settings,
         redis=redis,
         box=box,
         relay=relay,
-        uow=UnitOfWorkFactory(relay),
+        uow=UnitOfWorkFactory(relay, redis),
         accounts=accounts,
         totp=totp,
         backup_codes=backup_codes,
         temporary_passwords=temporary,
         sms=sms,
         notifier=Notifier([SmsNoticeChannel(sms)]),
+        push=push,
         login=login,
+        approvals=PushApprovals(login, push, accounts, clock),
         security=security,
         sms_keywords=SmsKeywords(sms, clock),
         clock=clock,

@@ -70,10 +70,21 @@ class Settings(BaseSettings):
     twilio_fallback_auth_token: SecretStr | None = None
     twilio_fallback_from: str | None = None
 
+    fcm_credentials: Path | None = None
+    fcm_project_id: str | None = None
+    fcm_endpoint: str | None = None
+    push_number_matching: bool = True
+    push_max_pending: int = Field(default=3, ge=1)
+    push_fatigue_threshold: int = Field(default=3, ge=1)
+    push_pause_seconds: int = Field(default=3600, ge=1)
+
     outbox_sweep_after_seconds: int = Field(default=5, ge=1)
     worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
 
     @field_validator(
+        "fcm_credentials",
+        "fcm_project_id",
+        "fcm_endpoint",
         "secret_key",
         "old_secret_keys",
         "twilio_auth_token",

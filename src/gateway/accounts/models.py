@@ -32,7 +32,8 @@ class Session(Model):
     client_kind = fields.CharEnumField(ClientKind, max_length=16)
     client_name = fields.CharField(max_length=128, null=True)
     device_id = fields.UUIDField(null=True)
-    password_verified_at = fields.DatetimeField()
+    # Null for sessions that never proved the account password (temporary passwords, A3).
+    password_verified_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     expires_at = fields.DatetimeField()
     revoked_at = fields.DatetimeField(null=True)

@@ -119,7 +119,7 @@ class AccountService:
         return await User.get_or_none(username_key=username_key(username))
 
     async def issue_session(
-        self, user_id: UUID, client: Client, *, password_proved: bool = True
+        self, user_id: UUID, client: Client, *, password_proved: bool
     ) -> IssuedSession:
         """A2: an opaque random bearer token, stored only as its hash."""
         now = self._clock()
@@ -130,7 +130,7 @@ class AccountService:
             token_hash=token_digest(token),
             client_kind=client.kind,
             client_name=client.name,
-            password_verified_at=now if password_proved else now - self._reauth_window,
+            password_verified_at=now if password_proved else None,
             expires_at=expires_at,
         )
         return IssuedSession(token=token, expires_at=expires_at, client_kind=client.kind)
@@ -143,6 +143,11 @@ class AccountService:
             token_hash=token_digest(token), revoked_at__isnull=True, expires_at__gt=self._clock()
         ).select_related("user")
         return session
+
+    async def still_valid(self, session_id: UUID) -> bool:
+        return await Session.exists(
+            id=session_id, revoked_at__isnull=True, expires_at__gt=self._clock()
+        )
 
     async def logout(self, session: Session) -> bool:
         changed = await Session.filter(id=session.id, revoked_at__isnull=True).update(
@@ -163,5 +168,6 @@ class AccountService:
 
     def require_recent_auth(self, session: Session) -> None:
         """A3: sensitive changes need the password proved within the window."""
-        if self._clock() - session.password_verified_at > self._reauth_window:
+        proved = session.password_verified_at
+        if proved is None or self._clock() - proved > self._reauth_window:
             raise ReauthenticationRequired()

@@ -13,6 +13,7 @@ MODEL_MODULES = [
     "gateway.factors.backup_codes.models",
     "gateway.factors.temporary_passwords.models",
     "gateway.factors.sms.models",
+    "gateway.factors.push.models",
     "gateway.core.outbox",
     "gateway.core.code_throttle",
     "gateway.core.audit",

@@ -16,6 +16,8 @@ JOB_OUTBOX_SWEEP = "outbox.sweep"
 JOB_NOTICE_SEND = "notices.send"
 JOB_SMS_SEND = "sms.send"
 JOB_SMS_PURGE = "sms.purge_expired_codes"
+JOB_PUSH_FAN_OUT = "push.fan_out"
+JOB_EXPIRE_DUE = "login.expire_due"
 
 
 def queue_key(queue: str) -> str:

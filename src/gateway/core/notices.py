@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
+from gateway.core.jobs import JOB_NOTICE_SEND, QUEUE_MAINTENANCE, JobRequest
 from gateway.core.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -63,3 +64,11 @@ class Notifier:
                 reached += 1
         log.info("notice queued", extra={"notice": notice.value, "channels": reached})
         return reached
+
+
+def notice_job(user_id: UUID, notice: Notice, number: str | None = None) -> JobRequest:
+    """The `notices.send` job: notices go out after commit, from the maintenance pool."""
+    payload = {"user_id": str(user_id), "notice": notice.value}
+    if number is not None:
+        payload["number"] = number
+    return JobRequest(name=JOB_NOTICE_SEND, queue=QUEUE_MAINTENANCE, payload=payload)

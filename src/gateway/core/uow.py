@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from redis.asyncio import Redis
 from tortoise.transactions import in_transaction
 
-from gateway.core import outbox
+from gateway.core import events, outbox
 from gateway.core.jobs import JobRequest
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 
@@ -16,14 +17,20 @@ from gateway.core.outbox import OutboxMessage, OutboxRelay
 class UnitOfWork:
     def __init__(self) -> None:
         self.pending: list[OutboxMessage] = []
+        self.signals: list[str] = []
 
     async def enqueue(self, job: JobRequest) -> None:
         self.pending.append(await outbox.add(job))
 
+    def signal(self, channel: str) -> None:
+        """Published to subscribers after commit (never before: they would read old state)."""
+        self.signals.append(channel)
+
 
 class UnitOfWorkFactory:
-    def __init__(self, relay: OutboxRelay) -> None:
+    def __init__(self, relay: OutboxRelay, redis: Redis) -> None:
         self._relay = relay
+        self._redis = redis
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[UnitOfWork]:
@@ -32,3 +39,5 @@ class UnitOfWorkFactory:
             yield work
         if work.pending:
             await self._relay.dispatch(work.pending)
+        if work.signals:
+            await events.publish(self._redis, work.signals)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 import strawberry
@@ -9,10 +10,14 @@ import strawberry
 from gateway.accounts.service import Client
 from gateway.core import audit
 from gateway.core.errors import BadUserInput
+from gateway.factors.push.models import LoginRequestStatus
 from gateway.graphql.context import Info
 from gateway.graphql.types import (
     ClientInput,
     LoginChallenge,
+    LoginRequest,
+    LoginRequestConnection,
+    LoginRequestEdge,
     LoginResult,
     PageInfo,
     SecurityEvent,
@@ -45,6 +50,34 @@ class Viewer:
         return SecuritySettings.of(view)
 
     @strawberry.field
+    async def login_requests(
+        self,
+        info: Info,
+        status: LoginRequestStatus | None = LoginRequestStatus.PENDING,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> LoginRequestConnection:
+        """H6, P3: pending requests for pull-to-refresh (or any status), newest first."""
+        first = 20 if first is None else first
+        if not 1 <= first <= MAX_PAGE:
+            raise BadUserInput(f"first must be between 1 and {MAX_PAGE}.")
+        position = _request_cursor(after) if after else None
+        push = info.context.services.push
+        rows, more = await push.list_requests(_user_id(self), status, first, position)
+        now = info.context.services.clock()
+        edges = [
+            LoginRequestEdge(
+                node=LoginRequest.of(r, now),
+                cursor=encode_cursor("request", f"{r.created_at.isoformat()}|{r.id}"),
+            )
+            for r in rows
+        ]
+        end = edges[-1].cursor if edges else None
+        return LoginRequestConnection(
+            edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end)
+        )
+
+    @strawberry.field
     async def security_events(
         self, info: Info, first: int | None = 20, after: str | None = None
     ) -> SecurityEventConnection:
@@ -52,15 +85,31 @@ class Viewer:
         first = 20 if first is None else first
         if not 1 <= first <= MAX_PAGE:
             raise BadUserInput(f"first must be between 1 and {MAX_PAGE}.")
-        before = decode_cursor(after) if after else None
+        before = _event_cursor(after) if after else None
         rows, more = await audit.page(_user_id(self), first=first, before_id=before)
         edges = [
-            SecurityEventEdge(node=SecurityEvent.of(r), cursor=encode_cursor(r.id)) for r in rows
+            SecurityEventEdge(node=SecurityEvent.of(r), cursor=encode_cursor("event", str(r.id)))
+            for r in rows
         ]
         end = edges[-1].cursor if edges else None
         return SecurityEventConnection(
             edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end)
         )
+
+
+def _request_cursor(cursor: str) -> tuple[datetime, UUID]:
+    created, _, request_id = decode_cursor("request", cursor).partition("|")
+    try:
+        return datetime.fromisoformat(created), UUID(request_id)
+    except ValueError as exc:
+        raise BadUserInput("Malformed cursor.") from exc
+
+
+def _event_cursor(cursor: str) -> int:
+    raw = decode_cursor("event", cursor)
+    if not raw.isdigit():
+        raise BadUserInput("Malformed cursor.")
+    return int(raw)
 
 
 def _user_id(viewer: Viewer) -> UUID:
@@ -89,7 +138,7 @@ class AccountMutation:
         caller = client_of(info, client)
         async with services.uow():
             user = await services.accounts.sign_up(username, password)
-            issued = await services.accounts.issue_session(user.id, caller)
+            issued = await services.accounts.issue_session(user.id, caller, password_proved=True)
         return Session.of(issued)
 
     @strawberry.mutation
@@ -108,11 +157,14 @@ class AccountMutation:
 
     @strawberry.mutation
     async def logout(self, info: Info) -> bool:
-        """A2: revokes the caller's session; false without one."""
+        """A2, P7: revokes the caller's session (and its device's enrollment); false without
+        one."""
         session = await info.context.session()
         if session is None:
             return False
-        return await info.context.services.accounts.logout(session)
+        services = info.context.services
+        async with services.uow() as work:
+            return await services.security.logout(session, work)
 
     @strawberry.mutation
     async def reauthenticate(self, info: Info, password: str) -> bool:

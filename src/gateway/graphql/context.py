@@ -11,6 +11,7 @@ from strawberry.types import Info as StrawberryInfo
 from gateway.accounts.models import Session
 from gateway.container import Services
 from gateway.core.errors import Unauthenticated
+from gateway.core.events import EventHub
 
 
 @dataclass
@@ -18,6 +19,7 @@ class GraphQLContext:
     request: HTTPConnection
     response: Any
     services: Services
+    events: EventHub
     # Strawberry fills this from `connection_init` on websockets; the attribute must exist.
     connection_params: dict[str, Any] | None = None
     _session: Session | None = field(default=None, repr=False)

@@ -21,6 +21,16 @@ class LoginQuery:
 @strawberry.type
 class LoginMutation:
     @strawberry.mutation
+    async def complete_login_challenge(self, info: Info, id: strawberry.ID, token: str) -> Session:
+        """P5, L5: after a push approval, the waiting client's session, once."""
+        services = info.context.services
+        async with services.uow() as work:
+            issued = await services.approvals.complete(
+                str(id), token, info.context.ip_address, work
+            )
+        return Session.of(issued)
+
+    @strawberry.mutation
     async def request_sms_code(self, info: Info, id: strawberry.ID, token: str) -> LoginChallenge:
         """S2, H6: sends another code after the cooldown; the answer says when the next may go."""
         services = info.context.services

@@ -20,12 +20,14 @@ from strawberry.types import ExecutionContext
 
 from gateway.graphql.accounts import AccountMutation, AccountQuery
 from gateway.graphql.factors.backup_codes import BackupCodeMutation
+from gateway.graphql.factors.push import PushMutation
 from gateway.graphql.factors.sms import SmsMutation
 from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutation
 from gateway.graphql.factors.totp import TotpMutation
 from gateway.graphql.limits import MAX_TOKENS, DocumentLimitsRule
 from gateway.graphql.login import LoginMutation, LoginQuery
 from gateway.graphql.security import SecurityMutation
+from gateway.graphql.subscriptions import Subscription
 
 Query = merge_types("Query", (AccountQuery, LoginQuery))
 Mutation = merge_types(
@@ -37,6 +39,7 @@ Mutation = merge_types(
         SecurityMutation,
         BackupCodeMutation,
         SmsMutation,
+        PushMutation,
         TemporaryPasswordMutation,
     ),
 )
@@ -61,6 +64,7 @@ def build_schema(*, development: bool) -> strawberry.Schema:
     return KanmonSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=not development),
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from enum import Enum
 from typing import Annotated
 
 import strawberry
@@ -14,6 +13,10 @@ from gateway.accounts.service import IssuedSession
 from gateway.core.audit import SecurityEvent as SecurityEventRow
 from gateway.core.errors import BadUserInput
 from gateway.factors.base import TwoFactorMethod as DomainMethod
+from gateway.factors.push.models import Device as DeviceRow
+from gateway.factors.push.models import LoginRequest as LoginRequestRow
+from gateway.factors.push.models import LoginRequestStatus as DomainRequestStatus
+from gateway.factors.push.models import Platform as DomainPlatform
 from gateway.factors.sms.service import PhoneView
 from gateway.login.models import ChallengeStatus as DomainChallengeStatus
 from gateway.login.service import ChallengeView
@@ -24,10 +27,8 @@ TwoFactorMethod = strawberry.enum(DomainMethod, name="TwoFactorMethod")
 ChallengeStatus = strawberry.enum(DomainChallengeStatus, name="ChallengeStatus")
 
 
-@strawberry.enum
-class Platform(Enum):
-    IOS = "IOS"
-    ANDROID = "ANDROID"
+Platform = strawberry.enum(DomainPlatform, name="Platform")
+LoginRequestStatus = strawberry.enum(DomainRequestStatus, name="LoginRequestStatus")
 
 
 @strawberry.input
@@ -94,10 +95,69 @@ class Phone:
 class Device:
     id: strawberry.ID
     name: str
-    platform: Platform
+    platform: DomainPlatform
     push_enabled: bool
     last_seen_at: datetime | None
     created_at: datetime
+
+    @classmethod
+    def of(cls, row: DeviceRow) -> Device:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            platform=row.platform,
+            push_enabled=row.push_enabled,
+            last_seen_at=row.last_seen_at,
+            created_at=row.created_at,
+        )
+
+
+@strawberry.type
+class LoginRequest:
+    id: strawberry.ID
+    status: DomainRequestStatus
+    nonce: str
+    created_at: datetime
+    expires_at: datetime
+    browser: str | None
+    ip_address: str | None
+    location: str | None
+    match_number_required: bool
+
+    @classmethod
+    def of(cls, row: LoginRequestRow, now: datetime) -> LoginRequest:
+        status = row.status
+        if status is DomainRequestStatus.PENDING and row.expires_at <= now:
+            status = DomainRequestStatus.EXPIRED
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            status=status,
+            nonce=row.nonce,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            browser=row.browser,
+            ip_address=row.ip_address,
+            location=row.location,
+            match_number_required=row.match_number is not None,
+        )
+
+
+@strawberry.type
+class LoginRequestEdge:
+    node: LoginRequest
+    cursor: str
+
+
+@strawberry.type
+class LoginRequestConnection:
+    edges: list[LoginRequestEdge]
+    page_info: PageInfo
+
+
+@strawberry.type
+class DeviceEnrollment:
+    device: Device
+    login_code_secret: str
 
 
 @strawberry.type
@@ -117,7 +177,7 @@ class SecuritySettings:
             methods=list(view.methods),
             phone=None if view.phone is None else Phone.of(view.phone),
             totp_enabled=view.totp_enabled,
-            devices=[],
+            devices=[Device.of(d) for d in view.devices],
             backup_codes_active=view.backup_codes_active,
             temporary_password_expires_at=view.temporary_password_expires_at,
         )
@@ -190,15 +250,16 @@ class SettingsChange:
     two_factor_disabled: bool
 
 
-def encode_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"event:{row_id}".encode()).decode()
+def encode_cursor(kind: str, value: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode()
 
 
-def decode_cursor(cursor: str) -> int:
+def decode_cursor(kind: str, cursor: str) -> str:
+    """The cursor's value; BAD_USER_INPUT when it is not a cursor of this kind."""
     try:
-        kind, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
-        if kind != "event":
-            raise ValueError(kind)
-        return int(raw)
+        found, _, raw = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadUserInput("Malformed cursor.") from exc
+    if found != kind or not raw:
+        raise BadUserInput("Malformed cursor.")
+    return raw

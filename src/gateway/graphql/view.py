@@ -10,21 +10,34 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
+from strawberry.types.unset import UnsetType
 
 from gateway.container import Services
+from gateway.core.events import EventHub
 from gateway.graphql.context import GraphQLContext
 from gateway.graphql.errors import map_error
 from gateway.graphql.limits import MAX_BODY_BYTES
 
 
 class KanmonGraphQL(GraphQL[GraphQLContext, None]):
-    def __init__(self, services: Services, *, development: bool, **kwargs: Any) -> None:
+    def __init__(
+        self, services: Services, events: EventHub, *, development: bool, **kwargs: Any
+    ) -> None:
         super().__init__(subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,), **kwargs)
         self._services = services
+        self._events = events
         self._development = development
+
+    async def on_ws_connect(self, context: GraphQLContext) -> UnsetType | dict[str, object] | None:
+        """G4: a session in `connection_init` must be valid (else close 4403); none at all is
+        fine, since `loginChallenge` takes its own credential."""
+        if context.bearer_token() is not None and await context.session() is None:
+            raise ConnectionRejectionError({"reason": "invalid session"})
+        return None
 
     async def process_result(
         self, request: Request, result: ExecutionResult
@@ -38,7 +51,9 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> GraphQLContext:
-        return GraphQLContext(request=request, response=response, services=self._services)
+        return GraphQLContext(
+            request=request, response=response, services=self._services, events=self._events
+        )
 
 
 def _rejection(message: str, status: int) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from gateway.accounts.service import AccountService, Client, IssuedSession
 from gateway.accounts.store import lock_user
@@ -22,6 +22,7 @@ from gateway.core.errors import (
     MethodNotAvailable,
     NotFound,
 )
+from gateway.core.events import challenge_channel
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import (
@@ -31,6 +32,7 @@ from gateway.factors.base import (
     TwoFactorMethod,
     with_method,
 )
+from gateway.factors.push.service import PushService
 from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.login.models import ChallengeStatus, LoginChallenge
@@ -75,12 +77,14 @@ class LoginService:
         temporary_passwords: TemporaryPasswordService,
         factors: list[CodeFactor],
         sms: SmsService,
+        push: PushService,
         challenge_ttl: timedelta,
         clock: Clock = utc_now,
     ) -> None:
         self._accounts = accounts
         self._temporary = temporary_passwords
         self._sms = sms
+        self._push = push
         self._factors = {factor.method: factor for factor in factors}
         self._ttl = challenge_ttl
         self._clock = clock
@@ -102,13 +106,16 @@ class LoginService:
             return Outcome(error=InvalidCredentials())
         if not password_ok:
             if await self._temporary.consume(user.id, password):
+                await self._accounts.guard.succeeded(key)
                 await audit.record(
                     user.id,
                     "login.succeeded",
                     detail="temporary_password",
                     ip_address=client.ip_address,
                 )
-                return Outcome(value=await self._accounts.issue_session(user.id, client))
+                # L6, A3: a temporary password is not the account password.
+                session = await self._accounts.issue_session(user.id, client, password_proved=False)
+                return Outcome(value=session)
             await self._accounts.guard.failed(key, client.ip_address)
             await audit.record(
                 user.id, "login.failed", detail="password", ip_address=client.ip_address
@@ -119,7 +126,8 @@ class LoginService:
             await audit.record(
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address
             )
-            return Outcome(value=await self._accounts.issue_session(user.id, client))
+            session = await self._accounts.issue_session(user.id, client, password_proved=True)
+            return Outcome(value=session)
         return Outcome(value=await self._open_challenge(user.id, client, work))
 
     async def _open_challenge(
@@ -133,7 +141,15 @@ class LoginService:
         ]
         token = new_token()
         expires_at = self._clock() + self._ttl
+        challenge_id = uuid4()
+        # L4: push first: a login request for every pushable device...
+        request = await self._push.open_request(
+            user_id, challenge_id, expires_at, client.name, client.ip_address, work
+        )
+        if request is not None:
+            methods = [m for m in METHOD_ORDER if m in methods or m is TwoFactorMethod.PUSH]
         challenge = await LoginChallenge.create(
+            id=challenge_id,
             user_id=user_id,
             token_hash=token_digest(token),
             client_kind=client.kind,
@@ -144,13 +160,15 @@ class LoginService:
         )
         sms_retry = None
         if TwoFactorMethod.SMS in methods:
-            # L4: with no push device, SMS is the primary method: its first code goes now.
-            await self._sms.start_challenge(
-                user_id, challenge.id, expires_at, client.ip_address, work
-            )
+            if request is None:
+                # ...otherwise SMS is the primary method: its first code goes now.
+                await self._sms.start_challenge(
+                    user_id, challenge.id, expires_at, client.ip_address, work
+                )
             sms_retry = await self._sms.retry_after(challenge.id)
+        match = request.match_number if request is not None else None
         return ChallengeView(
-            challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry
+            challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry, match
         )
 
     async def find_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
@@ -171,9 +189,16 @@ class LoginService:
         methods = [TwoFactorMethod(m) for m in challenge.methods]
         status = current_status(challenge, self._clock())
         sms_retry = None
-        if TwoFactorMethod.SMS in methods and status is ChallengeStatus.PENDING:
-            sms_retry = await self._sms.retry_after(challenge.id)
-        return ChallengeView(challenge.id, token, status, methods, challenge.expires_at, sms_retry)
+        match = None
+        if status is ChallengeStatus.PENDING:
+            if TwoFactorMethod.SMS in methods:
+                sms_retry = await self._sms.retry_after(challenge.id)
+            if TwoFactorMethod.PUSH in methods:
+                request = await self._push.request_for_challenge(challenge.id)
+                match = request.match_number if request is not None else None
+        return ChallengeView(
+            challenge.id, token, status, methods, challenge.expires_at, sms_retry, match
+        )
 
     async def request_sms_code(
         self, challenge_id: str, token: str, ip_address: str | None, work: UnitOfWork
@@ -223,18 +248,24 @@ class LoginService:
             Attempt(challenge.user_id, challenge.id, code, challenge.client_kind, work)
         )
         if not verdict.accepted:
-            return Outcome(error=await self._wrong_code(challenge, method, verdict.error, now))
+            error = await self._wrong_code(challenge, method, verdict.error, now, ip_address, work)
+            return Outcome(error=error)
         await throttle.succeeded(challenge.user_id, method.value)
         await LoginChallenge.filter(id=challenge.id).update(
             status=ChallengeStatus.COMPLETED, completed_at=now
         )
+        await self._push.close_for_challenge(challenge.id, work)
+        work.signal(challenge_channel(challenge.id))
         await audit.record(
             challenge.user_id, "login.succeeded", detail=method.value, ip_address=ip_address
         )
         if method is TwoFactorMethod.BACKUP_CODE:
             await audit.record(challenge.user_id, "backup_code.used", ip_address=ip_address)
         client = Client(challenge.client_kind, challenge.client_name, ip_address)
-        return Outcome(value=await self._accounts.issue_session(challenge.user_id, client))
+        session = await self._accounts.issue_session(
+            challenge.user_id, client, password_proved=True
+        )
+        return Outcome(value=session)
 
     def _check_open(self, challenge: LoginChallenge, now: datetime) -> None:
         status = current_status(challenge, now)
@@ -251,6 +282,8 @@ class LoginService:
         method: TwoFactorMethod,
         error: DomainError | None,
         now: datetime,
+        ip_address: str | None,
+        work: UnitOfWork,
     ) -> DomainError:
         """L2: the 5th wrong code locks the challenge; F5: every wrong code feeds the back-off."""
         await throttle.failed(challenge.user_id, method.value, now)
@@ -260,7 +293,12 @@ class LoginService:
             wrong_attempts=attempts,
             status=ChallengeStatus.LOCKED if locked else ChallengeStatus.PENDING,
         )
-        await audit.record(challenge.user_id, "login.failed", detail=method.value)
+        await audit.record(
+            challenge.user_id, "login.failed", detail=method.value, ip_address=ip_address
+        )
+        if locked:
+            await self._push.close_for_challenge(challenge.id, work)
+            work.signal(challenge_channel(challenge.id))
         if locked and not (error is not None and error.code == "BACKUP_CODE_OUT_OF_ORDER"):
             return ChallengeLocked()
         return error or MethodNotAvailable()

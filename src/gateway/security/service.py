@@ -12,12 +12,13 @@ from gateway.accounts.store import lock_user
 from gateway.core import audit, code_throttle
 from gateway.core.clock import Clock, utc_now
 from gateway.core.errors import BadUserInput, InvalidCode, MethodNotAvailable
-from gateway.core.jobs import JOB_NOTICE_SEND, QUEUE_MAINTENANCE, JobRequest
-from gateway.core.notices import Notice
+from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
 from gateway.factors.backup_codes.service import BackupCodeService, IssuedBackupCode
 from gateway.factors.base import METHOD_ORDER, PRIMARY_METHODS, TwoFactorMethod
+from gateway.factors.push.models import Device, Platform
+from gateway.factors.push.service import Enrollment, PushService
 from gateway.factors.sms.service import PhoneView, SmsService, phone_view
 from gateway.factors.temporary_passwords.service import (
     IssuedTemporaryPassword,
@@ -32,6 +33,7 @@ class SettingsView:
     methods: list[TwoFactorMethod]
     totp_enabled: bool
     phone: PhoneView | None
+    devices: list[Device]
     backup_codes_active: int
     temporary_password_expires_at: datetime | None
 
@@ -50,10 +52,12 @@ class SecurityService:
         backup_codes: BackupCodeService,
         temporary_passwords: TemporaryPasswordService,
         sms: SmsService,
+        push: PushService,
         clock: Clock = utc_now,
     ) -> None:
         self._accounts = accounts
         self._sms = sms
+        self._push = push
         self._clock = clock
         self._totp = totp
         self._backup = backup_codes
@@ -73,6 +77,7 @@ class SecurityService:
             methods=[m for m in METHOD_ORDER if m in has],
             totp_enabled=totp_on,
             phone=phone_view(phone),
+            devices=await self._push.devices(user_id),
             backup_codes_active=active,
             temporary_password_expires_at=await self._temporary.expires_at(user_id),
         )
@@ -84,6 +89,11 @@ class SecurityService:
         phone = await self._sms.phone(user_id)
         if phone is not None and phone.verified_at is not None:
             found.add(TwoFactorMethod.SMS)
+        devices = await self._push.devices(user_id)
+        if devices:
+            # An enrolled device keeps 2FA on even while FCM cannot reach it: it still
+            # answers over the subscription and the list, and shows login codes (P3, P8).
+            found.update({TwoFactorMethod.PUSH, TwoFactorMethod.APP_CODE})
         return found
 
     async def primary_methods(self, user_id: UUID) -> set[TwoFactorMethod]:
@@ -104,6 +114,36 @@ class SecurityService:
         await code_throttle.succeeded(user_id, TwoFactorMethod.SMS.value)
         return Outcome(value=view)
 
+    async def enroll_device(
+        self, session: Session, name: str, platform: Platform, push_token: str, public_key: str
+    ) -> Enrollment:
+        """P1."""
+        await lock_user(session.user.id)
+        return await self._push.enroll(session, name, platform, push_token, public_key)
+
+    async def remove_device(
+        self, session: Session, device_id: str, work: UnitOfWork
+    ) -> SettingsChange:
+        """P7, A3: removing the last method turns 2FA off."""
+        self._accounts.require_recent_auth(session)
+        user_id = session.user.id
+        await lock_user(user_id)
+        device = await self._push.owned_device(user_id, device_id)
+        await self._push.remove_device(device)
+        disabled = await self._after_method_removed(user_id, work)
+        return SettingsChange(await self.settings(user_id), disabled)
+
+    async def logout(self, session: Session, work: UnitOfWork) -> bool:
+        """A2, P7, H5: logging out of an enrolled device's session ends its enrollment, and
+        2FA turns off when no other method is left."""
+        await lock_user(session.user.id)
+        revoked = await self._accounts.logout(session)
+        device = await self._push.device_of_session(session)
+        if device is not None:
+            await self._push.remove_device(device)
+            await self._after_method_removed(session.user.id, work)
+        return revoked
+
     async def remove_phone(self, session: Session, work: UnitOfWork) -> SettingsChange:
         """S6, H1, A3: without the phone, an account whose only method was SMS has 2FA off."""
         self._accounts.require_recent_auth(session)
@@ -113,7 +153,7 @@ class SecurityService:
             raise MethodNotAvailable("No phone is registered.")
         number = await self._sms.remove_phone(user_id)
         if number is not None:
-            await work.enqueue(_notice_job(user_id, Notice.PHONE_REMOVED, number))
+            await work.enqueue(notice_job(user_id, Notice.PHONE_REMOVED, number))
         disabled = await self._after_method_removed(user_id, work)
         return SettingsChange(await self.settings(user_id), disabled)
 
@@ -187,11 +227,4 @@ class SecurityService:
             return
         await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
         await audit.record(user_id, "two_factor.disabled", detail=reason)
-        await work.enqueue(_notice_job(user_id, Notice.TWO_FACTOR_DISABLED))
-
-
-def _notice_job(user_id: UUID, notice: Notice, number: str | None = None) -> JobRequest:
-    payload = {"user_id": str(user_id), "notice": notice.value}
-    if number is not None:
-        payload["number"] = number
-    return JobRequest(name=JOB_NOTICE_SEND, queue=QUEUE_MAINTENANCE, payload=payload)
+        await work.enqueue(notice_job(user_id, Notice.TWO_FACTOR_DISABLED))

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from gateway.accounts.clients import ClientKind
+from gateway.core import otp
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.errors import DomainError
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
-from gateway.factors.totp import otp
 from gateway.factors.totp.errors import TotpNotPending, WrongTotpCode
 from gateway.factors.totp.models import TotpCredential
 

@@ -1,0 +1,118 @@
+"""Push approvals on the challenge side (P4, P5, P6, P10): a decision moves the challenge, the
+waiting client exchanges an approved challenge for its session once, and expiry is published."""
+
+from __future__ import annotations
+
+from gateway.accounts.models import Session
+from gateway.accounts.service import AccountService, Client, IssuedSession
+from gateway.accounts.store import lock_user
+from gateway.core import audit
+from gateway.core.clock import Clock, utc_now
+from gateway.core.errors import ChallengeClosed, ChallengeExpired, ChallengeLocked, DomainError
+from gateway.core.events import challenge_channel
+from gateway.core.notices import Notice, notice_job
+from gateway.core.outcome import Outcome
+from gateway.core.uow import UnitOfWork
+from gateway.factors.push.errors import RequestNotPending
+from gateway.factors.push.models import LoginRequest, LoginRequestStatus
+from gateway.factors.push.service import Decision, PushService
+from gateway.login.models import ChallengeStatus, LoginChallenge
+from gateway.login.service import LoginService, current_status
+
+
+class ChallengeNotApproved(DomainError):
+    code = "CHALLENGE_NOT_APPROVED"
+    default_message = "The login request has not been approved yet."
+
+
+class PushApprovals:
+    def __init__(
+        self,
+        login: LoginService,
+        push: PushService,
+        accounts: AccountService,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._login = login
+        self._push = push
+        self._accounts = accounts
+        self._clock = clock
+
+    async def decide(
+        self,
+        session: Session,
+        request_id: str,
+        signature: str,
+        *,
+        approve: bool,
+        match_number: int | None,
+        work: UnitOfWork,
+    ) -> Outcome[LoginRequest]:
+        """P4, P6: the request and its challenge change together, or not at all."""
+        device = await self._push.app_device(session)
+        await lock_user(device.user_id)
+        decision, error = await self._push.decide(
+            device, request_id, signature, approve, match_number, work
+        )
+        if decision is not None:
+            await self._move_challenge(decision, work)
+        return Outcome(value=decision.request if decision else None, error=error)
+
+    async def _move_challenge(self, decision: Decision, work: UnitOfWork) -> None:
+        request = decision.request
+        approved = request.status is LoginRequestStatus.APPROVED
+        target = ChallengeStatus.APPROVED if approved else ChallengeStatus.DENIED
+        moved = await LoginChallenge.filter(
+            id=request.challenge_id, status=ChallengeStatus.PENDING, expires_at__gt=self._clock()
+        ).update(status=target)
+        if not moved and approved:
+            # The challenge finished another way meanwhile: this approval must not stand.
+            raise RequestNotPending()
+        work.signal(challenge_channel(request.challenge_id))
+        if decision.paused:
+            await work.enqueue(notice_job(request.user_id, Notice.PUSH_PAUSED))
+
+    async def complete(
+        self, challenge_id: str, token: str, ip_address: str | None, work: UnitOfWork
+    ) -> IssuedSession:
+        """P5, L5: after APPROVED, the waiting client's token buys exactly one session."""
+        found = await self._login.find_challenge(challenge_id, token)
+        await lock_user(found.user_id)
+        challenge = await LoginChallenge.select_for_update().get(id=found.id)
+        status = current_status(challenge, self._clock())
+        if status is ChallengeStatus.PENDING:
+            raise ChallengeNotApproved()
+        if status is ChallengeStatus.EXPIRED:
+            raise ChallengeExpired()
+        if status is ChallengeStatus.LOCKED:
+            raise ChallengeLocked()
+        if status is not ChallengeStatus.APPROVED:
+            raise ChallengeClosed()
+        changed = await LoginChallenge.filter(
+            id=challenge.id, status=ChallengeStatus.APPROVED
+        ).update(status=ChallengeStatus.COMPLETED, completed_at=self._clock())
+        if changed != 1:
+            raise ChallengeClosed()
+        work.signal(challenge_channel(challenge.id))
+        await audit.record(
+            challenge.user_id, "login.succeeded", detail="PUSH", ip_address=ip_address
+        )
+        client = Client(challenge.client_kind, challenge.client_name, ip_address)
+        return await self._accounts.issue_session(challenge.user_id, client, password_proved=True)
+
+    async def expire_due(self, work: UnitOfWork) -> int:
+        """P5, P10: requests and challenges past their time become EXPIRED, and their
+        subscribers hear of it; an expiry counts toward push fatigue."""
+        now = self._clock()
+        expired = await self._push.expire_due(work)
+        for decision in expired:
+            if decision.paused:
+                await work.enqueue(notice_job(decision.request.user_id, Notice.PUSH_PAUSED))
+        due = await LoginChallenge.filter(status=ChallengeStatus.PENDING, expires_at__lte=now)
+        for challenge in due:
+            changed = await LoginChallenge.filter(
+                id=challenge.id, status=ChallengeStatus.PENDING
+            ).update(status=ChallengeStatus.EXPIRED)
+            if changed:
+                work.signal(challenge_channel(challenge.id))
+        return len(expired) + len(due)
