@@ -50,10 +50,10 @@ from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import User
 from gateway.accounts.service import Client, IssuedSession, username_key
 from gateway.container import Services, build_services, connect_redis
+from gateway.core import otp
 from gateway.core.db import close_database, open_database
 from gateway.core.passwords import Passwords
 from gateway.factors.base import TwoFactorMethod
-from gateway.core import otp
 from gateway.factors.totp.models import TotpCredential
 from gateway.factors.totp.service import _context as totp_context
 from gateway.login.service import ChallengeView

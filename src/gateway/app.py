@@ -30,7 +30,8 @@ async def healthz(_: Request) -> JSONResponse:
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
     """With `services` given (tests, embedding), the caller owns the database and Redis and
-    stops `app.state.events` when done."""
+    stops `app.state.events` when done; the services' own settings then govern the domain
+    and the webhooks, `settings` only the HTTP surface (development tools)."""
     holder: dict[str, Services] = {}
     if services is not None:
         holder["services"] = services

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
 
     outbox_sweep_after_seconds: int = Field(default=5, ge=1)
     worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
+    # SMS and push are on a login's critical path: their workers poll far more often.
+    fast_poll_delay_seconds: float = Field(default=0.005, gt=0)
 
     @field_validator(
         "fcm_credentials",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from gateway.core.crypto import SecretBox
+from gateway.factors.push.port import NoPushSender, PushSender
 from gateway.factors.sms.delivery import SmsDelivery, SmsProvider
 from gateway.settings import ConfigurationError, Settings, SmsProviderName
 from workers.adapters.console import ConsoleProvider
@@ -60,4 +61,15 @@ def build_sms_delivery(
         primary_tries=settings.sms_primary_tries,
         fallback_tries=settings.sms_fallback_tries,
         retry_base_seconds=settings.sms_retry_base_seconds,
+    )
+
+
+async def build_push_sender(settings: Settings) -> PushSender:
+    """FCM when configured; otherwise apps learn of requests over the subscription and the list."""
+    if settings.fcm_credentials is None:
+        return NoPushSender()
+    from workers.adapters.fcm import FcmSender
+
+    return await FcmSender.from_settings(
+        settings.fcm_credentials, settings.fcm_project_id, settings.fcm_endpoint
     )

@@ -13,22 +13,27 @@ from gateway.container import build_services, connect_redis, redis_settings
 from gateway.core.db import close_database, database_is_open, open_database
 from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
+    JOB_EXPIRE_DUE,
     JOB_NOTICE_SEND,
     JOB_OUTBOX_SWEEP,
+    JOB_PUSH_FAN_OUT,
     JOB_SMS_PURGE,
     JOB_SMS_SEND,
     QUEUE_MAINTENANCE,
+    QUEUE_PUSH,
     QUEUE_SMS,
     QUEUES,
     deserialize,
     queue_key,
     serialize,
 )
+from gateway.factors.push.fanout import PushFanOut
 from gateway.settings import ConfigurationError, Settings
-from workers.jobs import maintenance, sms
-from workers.providers import build_sms_delivery
+from workers.jobs import maintenance, push, sms
+from workers.providers import build_push_sender, build_sms_delivery
 
 SMS_JOB_TIMEOUT = 10
+PUSH_JOB_TIMEOUT = 10
 
 
 def functions_for(queue: str) -> list[Function]:
@@ -38,8 +43,10 @@ def functions_for(queue: str) -> list[Function]:
             func(maintenance.notices_send, name=JOB_NOTICE_SEND, timeout=30),
         ]
     if queue == QUEUE_SMS:
-        # Short timeout: a killed worker's message comes back after timeout + 10 s (S4).
+        # Short timeouts: a killed worker's job comes back after timeout + 10 s (S4).
         return [func(sms.sms_send, name=JOB_SMS_SEND, timeout=SMS_JOB_TIMEOUT)]
+    if queue == QUEUE_PUSH:
+        return [func(push.push_fan_out, name=JOB_PUSH_FAN_OUT, timeout=PUSH_JOB_TIMEOUT)]
     return []
 
 
@@ -69,10 +76,16 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         if queue == QUEUE_SMS:
             ctx["http"] = httpx.AsyncClient()
             ctx["sms_delivery"] = build_sms_delivery(settings, ctx["http"], services.box)
+        if queue == QUEUE_PUSH:
+            ctx["push_sender"] = await build_push_sender(settings)
+            ctx["push_fan_out"] = PushFanOut(ctx["push_sender"])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if "http" in ctx:
             await ctx["http"].aclose()
+        close = getattr(ctx.get("push_sender"), "close", None)
+        if close is not None:
+            await close()
         if "services" in ctx:
             await ctx["services"].close()
         if ctx.get("owns_database"):
@@ -94,6 +107,15 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         cron_jobs.append(
             cron(sms.sms_purge_expired_codes, name=JOB_SMS_PURGE, second={30}, timeout=60)
         )
+        cron_jobs.append(
+            cron(
+                push.login_expire_due,
+                name=JOB_EXPIRE_DUE,
+                second=set(range(60)),
+                timeout=10,
+                unique=True,
+            )
+        )
     return {
         "functions": functions_for(queue),
         "cron_jobs": cron_jobs,
@@ -103,7 +125,9 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         "on_shutdown": shutdown,
         "job_serializer": serialize,
         "job_deserializer": deserialize,
-        "poll_delay": settings.worker_poll_delay_seconds,
+        "poll_delay": settings.worker_poll_delay_seconds
+        if queue == QUEUE_MAINTENANCE
+        else settings.fast_poll_delay_seconds,
         "max_tries": max_tries(settings),
         "health_check_interval": 30,
         "health_check_key": f"{queue_key(queue)}:health-check",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
 import httpx
 
 from gateway.factors.sms.delivery import ProviderOutcome, ProviderResult
 
-PERMANENT_HTTP = frozenset({400, 401, 403, 404, 409, 410, 422})
+# A refused credential is the provider's problem, not the number's: like an outage, it uses up
+# the primary's tries and then the fallback takes over (S3).
+PROVIDER_TROUBLE = frozenset({401, 403})
 
 
 class TwilioProvider:
@@ -55,7 +60,7 @@ class TwilioProvider:
                 error_code=code or "429",
                 retry_after=_retry_after(response),
             )
-        if status >= 500:
+        if status >= 500 or status in PROVIDER_TROUBLE:
             return ProviderResult(ProviderOutcome.TRANSIENT, http_status=status, error_code=code)
         return ProviderResult(ProviderOutcome.PERMANENT, http_status=status, error_code=code)
 
@@ -75,4 +80,11 @@ def _retry_after(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(raw))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

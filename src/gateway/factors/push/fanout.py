@@ -1,0 +1,64 @@
+"""The `push.fan_out` job's domain side (P2): one data message per device, the outcome of each
+recorded, dead tokens switched off, and only the devices that failed transiently tried again."""
+
+from __future__ import annotations
+
+import math
+import random
+from uuid import UUID
+
+from gateway.core.clock import Clock, utc_now
+from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushSend
+from gateway.factors.push.port import MAX_BATCH, PushMessage, PushOutcome, PushSender
+
+DEAD_TOKEN = frozenset({PushOutcome.UNREGISTERED, PushOutcome.SENDER_ID_MISMATCH})
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class PushFanOut:
+    def __init__(self, sender: PushSender, clock: Clock = utc_now) -> None:
+        self._sender = sender
+        self._clock = clock
+
+    async def run(self, request_id: UUID, job_try: int) -> float | None:
+        """Sends what is left to send; returns a delay when some devices should be retried."""
+        request = await LoginRequest.get_or_none(id=request_id)
+        now = self._clock()
+        if request is None or request.status is not LoginRequestStatus.PENDING:
+            return None
+        ttl = math.floor((request.expires_at - now).total_seconds())
+        if ttl <= 0:
+            return None
+        settled = {
+            row.device_id
+            for row in await PushSend.filter(request_id=request.id)
+            if row.outcome is not None and row.outcome != PushOutcome.RETRY.value
+        }
+        devices = [
+            d
+            for d in await Device.filter(user_id=request.user_id, push_enabled=True)
+            if d.id not in settled
+        ]
+        retry = False
+        for start in range(0, len(devices), MAX_BATCH):
+            batch = devices[start : start + MAX_BATCH]
+            messages = [PushMessage(d.id, d.push_token, str(request.id), ttl) for d in batch]
+            for result in await self._sender.send(messages):
+                await self._record(request.id, result.device_id, result.outcome)
+                if result.outcome in DEAD_TOKEN:
+                    await Device.filter(id=result.device_id).update(
+                        push_enabled=False, push_disabled_reason=result.outcome.value
+                    )
+                retry = retry or result.outcome is PushOutcome.RETRY
+        if not retry:
+            return None
+        delay = min(2 ** max(job_try - 1, 0), MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
+        return delay if delay < ttl else None
+
+    async def _record(self, request_id: UUID, device_id: UUID, outcome: PushOutcome) -> None:
+        row, _ = await PushSend.get_or_create(request_id=request_id, device_id=device_id)
+        row.outcome = outcome.value
+        row.attempts += 1
+        if outcome is PushOutcome.SENT:
+            row.sent_at = self._clock()
+        await row.save(update_fields=["outcome", "attempts", "sent_at"])
