@@ -56,6 +56,9 @@ SEND_PATH = re.compile(r"^/v1/projects/(?P<project>[^/]+)/messages:send$")
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# google-auth signs service-account assertions for Google's token endpoint whatever the file's
+# token_uri (the request itself goes to token_uri); Google requires exactly this audience.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 
 
 class Answer(StrEnum):
@@ -252,6 +255,7 @@ class FakeFcm:
         config = uvicorn.Config(
             self._app,
             lifespan="off",
+            interface="asgi3",
             http="h11",
             ws="none",
             log_config=None,
@@ -453,7 +457,7 @@ class FakeFcm:
 
     def _verify_assertion(self, assertion: str) -> dict[str, Any] | None:
         """The claims of an RS256 JWT signed by this fake's key, issued by its client email for
-        its token URI; None otherwise."""
+        Google's token endpoint (or this fake's); None otherwise."""
         parts = assertion.split(".")
         if len(parts) != 3:
             return None
@@ -473,7 +477,9 @@ class FakeFcm:
             return None
         if not isinstance(claims, dict):
             return None
-        if claims.get("iss") != self.client_email or claims.get("aud") != self.token_uri:
+        if claims.get("iss") != self.client_email:
+            return None
+        if claims.get("aud") not in (GOOGLE_TOKEN_AUDIENCE, self.token_uri):
             return None
         return claims
 

@@ -83,21 +83,17 @@ class SmsKeywords:
     async def _resend(self, number: str, work: UnitOfWork) -> None:
         """H9: GO resends the latest unexpired code of a waiting challenge unchanged, or sends
         the first one if none was sent."""
-        if await self._sms.resend_latest(number, work):
-            return
         user_id = await self._sms.registered_number_user(number)
         if user_id is None:
             return
-        now = self._clock()
-        challenge = (
-            await LoginChallenge.filter(
-                user_id=user_id, status=ChallengeStatus.PENDING, expires_at__gt=now
-            )
-            .order_by("-created_at")
-            .first()
-        )
-        if challenge is None:
+        waiting = await LoginChallenge.filter(
+            user_id=user_id, status=ChallengeStatus.PENDING, expires_at__gt=self._clock()
+        ).order_by("-created_at")
+        if not waiting:
             return
+        if await self._sms.resend_latest(number, [c.id for c in waiting], work):
+            return
+        challenge = waiting[0]
         if TwoFactorMethod.SMS.value not in challenge.methods:
             challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)
             await challenge.save(update_fields=["methods"])

@@ -67,7 +67,7 @@ def _configure_messaging_service(
     endpoint: str | None,
     transport_retries: int,
     timeout_seconds: int,
-) -> None:
+) -> Any:
     """THE one place that reaches into firebase-admin's private messaging service.
 
     firebase-admin has no FCM endpoint setting and no retry option. Its `_MessagingService`
@@ -77,7 +77,8 @@ def _configure_messaging_service(
     created with `DEFAULT_HTTPX_RETRY_CONFIG` (500/503, 4 retries). Here:
 
     - `_fcm_url` is replaced when an endpoint is configured (KANMON_FCM_ENDPOINT);
-    - `_async_client` is replaced by an identical client with a smaller retry budget.
+    - `_async_client` is replaced by an identical client with a smaller retry budget; it is
+      returned so that `FcmSender.close` can close it on its own loop.
 
     Both attributes are checked before they are touched, so an upgrade that renames them fails
     here loudly instead of silently sending to Google or retrying for seconds;
@@ -103,7 +104,7 @@ def _configure_messaging_service(
         )
     if endpoint is not None:
         service._fcm_url = fcm_send_url(endpoint, project_id)
-    service._async_client = _http_client.HttpxAsyncClient(
+    client = _http_client.HttpxAsyncClient(
         credential=app.credential.get_credential(),
         timeout=timeout_seconds,
         retry_config=_retry.HttpxRetry(
@@ -112,7 +113,9 @@ def _configure_messaging_service(
             backoff_factor=0.5,
         ),
     )
+    service._async_client = client
     # The replaced client never sent anything: no connection to close, nothing bound to a loop.
+    return client
 
 
 def _build_message(message: PushMessage, now: float) -> messaging.Message:
@@ -164,11 +167,13 @@ class FcmSender:
     def __init__(
         self,
         app: firebase_admin.App,
+        http: Any,
         loop: asyncio.AbstractEventLoop,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._app = app
+        self._http = http
         self._loop = loop
         self._clock = clock
         self._credential: Any = app.credential.get_credential()
@@ -202,7 +207,7 @@ class FcmSender:
                     "no FCM project id: set KANMON_FCM_PROJECT_ID or use a service-account "
                     "file with a project_id"
                 )
-            _configure_messaging_service(
+            http = _configure_messaging_service(
                 app,
                 endpoint=endpoint,
                 transport_retries=transport_retries,
@@ -211,7 +216,7 @@ class FcmSender:
         except BaseException:
             await asyncio.to_thread(firebase_admin.delete_app, app)
             raise
-        return cls(app, loop, clock=clock)
+        return cls(app, http, loop, clock=clock)
 
     @classmethod
     async def from_settings(
@@ -236,8 +241,14 @@ class FcmSender:
         if self._closed:
             return
         self._closed = True
-        # delete_app closes the async client with asyncio.run(): not allowed on a running loop.
-        await asyncio.to_thread(firebase_admin.delete_app, self._app)
+        # Close the HTTP client here, on the loop its connections belong to: delete_app closes it
+        # again (a no-op by then) with asyncio.run() in another thread, which would otherwise
+        # tear this loop's sockets down from that thread (asyncio debug mode refuses it).
+        try:
+            await self._http.aclose()
+        finally:
+            # delete_app runs asyncio.run(): not allowed on a running loop, hence the thread.
+            await asyncio.to_thread(firebase_admin.delete_app, self._app)
 
     async def send(self, messages: list[PushMessage]) -> list[PushResult]:
         """One result per message, in order; any number of messages, sent in batches of at most

@@ -3,6 +3,7 @@ block a number belongs to (S1, S7)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -14,6 +15,8 @@ MAX_INPUT = 32
 # S7: SMS goes to mobiles only; premium-rate, shared-cost, VoIP, pagers and the like are refused.
 SMS_CAPABLE = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
 BLOCK_DIGITS = 3
+_SEPARATORS = re.compile(r"[\s\-.()]")
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 
 
 class InvalidPhoneNumber(DomainError):
@@ -41,11 +44,14 @@ class ParsedNumber:
 
 def parse(text: str) -> ParsedNumber:
     """S1: a valid E.164 mobile number; raises INVALID_PHONE_NUMBER otherwise."""
-    compact = text.strip()
-    if not compact or len(compact) > MAX_INPUT or not compact.isascii():
+    if len(text) > MAX_INPUT:
         raise InvalidPhoneNumber()
+    compact = _SEPARATORS.sub("", text)
     if not compact.startswith("+"):
         raise InvalidPhoneNumber("Numbers must start with + and the country calling code.")
+    if not _E164.fullmatch(compact):
+        # phonenumbers would read keypad letters as digits and forgive '++': E.164 does not.
+        raise InvalidPhoneNumber()
     try:
         number = phonenumbers.parse(compact, None)
     except phonenumbers.NumberParseException as exc:

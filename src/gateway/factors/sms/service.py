@@ -223,28 +223,34 @@ class SmsService:
             sms_paused=paused
         )
 
-    async def resend_latest(self, number: str, work: UnitOfWork) -> bool:
-        """H9 GO: resends the latest unexpired code of a waiting challenge unchanged, or the
-        first one if none was sent. Returns whether a message was queued."""
+    async def resend_latest(
+        self, number: str, waiting_challenges: list[UUID], work: UnitOfWork
+    ) -> bool:
+        """H9 GO: resends, unchanged, the latest unexpired code of one of the challenges still
+        waiting (S7 applies). Returns whether a message was queued."""
         phone = await Phone.get_or_none(number=number, verified_at__isnull=False)
-        if phone is None:
+        if phone is None or not waiting_challenges:
             return False
-        now = self._clock()
         latest = (
             await SmsCode.filter(
                 user_id=phone.user_id,
                 purpose=SmsCodePurpose.LOGIN,
                 number=number,
+                challenge_id__in=waiting_challenges,
                 used_at__isnull=True,
-                expires_at__gt=now,
+                expires_at__gt=self._clock(),
             )
             .order_by("-created_at")
             .first()
         )
-        if latest is not None:
-            await self._queue_code_message(phone.user_id, number, latest, work)
-            return True
-        return False
+        if latest is None:
+            return False
+        try:
+            await self._guard.admit(phones.parse(number), phone.user_id, None)
+        except RateLimited:
+            return False
+        await self._queue_code_message(phone.user_id, number, latest, work)
+        return True
 
     # Internals -----------------------------------------------------------------------------
 
@@ -257,7 +263,10 @@ class SmsService:
         ip: str | None,
         work: UnitOfWork,
     ) -> None:
-        await self._guard.admit(phones.parse(number), user_id, ip)
+        parsed = phones.parse(number)
+        if not self._guard.country_allowed(parsed):
+            raise InvalidPhoneNumber("Text messages cannot be sent to that country.")
+        await self._guard.admit(parsed, user_id, ip)
         code = codes.new_code()
         row = await self._store_code(
             user_id, SmsCodePurpose.LOGIN, challenge_id, number, code, expires_at
@@ -283,6 +292,7 @@ class SmsService:
             code_hash=self._box.keyed_hash(code),
             code_sealed=self._box.encrypt(code, context=f"sms:{code_id}"),
             expires_at=expires_at,
+            created_at=self._clock(),
         )
 
     async def _queue_code_message(
