@@ -193,7 +193,7 @@ async def test_a3_sensitive_changes_outside_the_window_need_reauthentication(
     assert unchanged.two_factor_enabled is True
     assert unchanged.totp_enabled is True
     assert unchanged.backup_codes_active == 1
-    assert unchanged.temporary_password_expires_at == inside.expires_at
+    assert await unchanged.temporary_password_expires_at() == inside.expires_at
 
 
 async def test_a3_reauthenticate_reopens_the_window(

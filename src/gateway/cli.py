@@ -28,23 +28,13 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from gateway.serve import serve
 
     settings = Settings()
     settings.secret_keys()  # fail fast on a missing or malformed key
     if not settings.redis_url:
         raise ConfigurationError("KANMON_REDIS_URL is required (kanmon dev starts one for you)")
-    uvicorn.run(
-        "gateway.asgi:app_from_environment",
-        factory=True,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        workers=args.workers,
-        ws_per_message_deflate=False,
-        access_log=False,
-        log_level="warning",
-    )
-    return 0
+    return serve(args.host or settings.host, args.port or settings.port, args.workers)
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core.db import with_pool_size
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -30,13 +32,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     redis_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
     secret_key: SecretStr | None = None
     old_secret_keys: SecretStr = SecretStr("")
 
-    challenge_ttl_seconds: int = Field(default=600, ge=30)
+    challenge_ttl_seconds: int = Field(default=600, ge=5)
     reauth_window_seconds: int = Field(default=900, ge=30)
     session_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)
     temporary_password_ttl_seconds: int = Field(default=3600, ge=60)
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
 
     def resolved_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return with_pool_size(self.database_url, self.database_pool_size)
         return f"sqlite://{(self.data_dir / 'kanmon.sqlite3').as_posix()}"
 
     def sms_country_allow_list(self) -> frozenset[int]:

@@ -27,23 +27,27 @@ class FactorThrottle(Model):
         unique_together = (("user_id", "method"),)
 
 
-async def check(user_id: UUID, method: str, now: datetime) -> None:
-    """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs."""
+async def check(user_id: UUID, method: str, now: datetime) -> FactorThrottle | None:
+    """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs; returns the
+    counter row (if any) for `failed` and `succeeded`, saving them a read."""
     row = await FactorThrottle.get_or_none(user_id=user_id, method=method)
     if row is not None and row.blocked_until is not None and row.blocked_until > now:
         raise RateLimited(math.ceil((row.blocked_until - now).total_seconds()))
+    return row
 
 
-async def failed(user_id: UUID, method: str, now: datetime) -> None:
-    row, _ = await FactorThrottle.get_or_create(user_id=user_id, method=method)
+async def failed(
+    user_id: UUID, method: str, now: datetime, row: FactorThrottle | None = None
+) -> None:
+    if row is None:
+        row, _ = await FactorThrottle.get_or_create(user_id=user_id, method=method)
     row.consecutive_failures += 1
     wait = backoff_seconds(row.consecutive_failures)
     row.blocked_until = now + timedelta(seconds=wait) if wait else None
     await row.save(update_fields=["consecutive_failures", "blocked_until"])
 
 
-async def succeeded(user_id: UUID, method: str) -> None:
-    """A success resets only its own method's counter."""
-    await FactorThrottle.filter(user_id=user_id, method=method).update(
-        consecutive_failures=0, blocked_until=None
-    )
+async def succeeded(row: FactorThrottle | None) -> None:
+    """A success resets only its own method's counter (and writes nothing when it is 0)."""
+    if row is not None and (row.consecutive_failures or row.blocked_until is not None):
+        await FactorThrottle.filter(id=row.id).update(consecutive_failures=0, blocked_until=None)

@@ -22,6 +22,15 @@ MODEL_MODULES = [
 APP_LABEL = "kanmon"
 
 
+def with_pool_size(database_url: str, size: int) -> str:
+    """asyncpg pools default to 5 connections per process; requests queue behind that long
+    before the database is busy. An explicit `maxsize` in the URL wins."""
+    if not database_url.startswith(("postgres://", "asyncpg://")) or "maxsize=" in database_url:
+        return database_url
+    separator = "&" if "?" in database_url else "?"
+    return f"{database_url}{separator}minsize=1&maxsize={size}"
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     return {
         "connections": {"default": database_url},

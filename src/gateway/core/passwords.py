@@ -7,6 +7,8 @@ once while the event loop keeps serving other requests.
 from __future__ import annotations
 
 import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -28,12 +30,20 @@ class Passwords:
         )
         # Verified against when the username is unknown, so both paths cost the same (L3).
         self._decoy = self._hasher.hash("kanmon-decoy-password")
+        # One thread per core: more only queue on the CPU and stretch every login's latency.
+        self._pool = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 1, thread_name_prefix="argon2"
+        )
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._hasher.hash, password)
 
     async def verify(self, stored_hash: str | None, password: str) -> bool:
-        return await asyncio.to_thread(self._verify_sync, stored_hash or self._decoy, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._verify_sync, stored_hash or self._decoy, password
+        )
 
     def _verify_sync(self, stored_hash: str, password: str) -> bool:
         try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
-    DisableIntrospection,
     MaxTokensLimiter,
     ParserCache,
     SchemaExtension,
@@ -53,14 +52,16 @@ class KanmonSchema(strawberry.Schema):
 
 
 def build_schema(*, development: bool) -> strawberry.Schema:
+    # Introspection is refused by a validation rule, so ValidationCache covers it too.
+    rules: list[type[ASTValidationRule]] = [DocumentLimitsRule]
+    if not development:
+        rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: AddValidationRules([DocumentLimitsRule]),
+        lambda: AddValidationRules(rules),
         lambda: ParserCache(maxsize=1024),
         lambda: ValidationCache(maxsize=1024),
     ]
-    if not development:
-        extensions.append(DisableIntrospection)
     return KanmonSchema(
         query=Query,
         mutation=Mutation,

@@ -162,25 +162,40 @@ class DeviceEnrollment:
 
 @strawberry.type
 class SecuritySettings:
-    two_factor_enabled: bool
-    methods: list[DomainMethod]
-    phone: Phone | None
-    totp_enabled: bool
-    devices: list[Device]
-    backup_codes_active: int
-    temporary_password_expires_at: datetime | None
+    view: strawberry.Private[SettingsView]
+
+    @strawberry.field
+    def two_factor_enabled(self) -> bool:
+        return self.view.two_factor_enabled
+
+    @strawberry.field
+    def methods(self) -> list[DomainMethod]:
+        return self.view.methods
+
+    @strawberry.field
+    async def phone(self) -> Phone | None:
+        phone = await self.view.phone()
+        return None if phone is None else Phone.of(phone)
+
+    @strawberry.field
+    def totp_enabled(self) -> bool:
+        return self.view.totp_enabled
+
+    @strawberry.field
+    async def devices(self) -> list[Device]:
+        return [Device.of(d) for d in await self.view.devices()]
+
+    @strawberry.field
+    def backup_codes_active(self) -> int:
+        return self.view.backup_codes_active
+
+    @strawberry.field
+    async def temporary_password_expires_at(self) -> datetime | None:
+        return await self.view.temporary_password_expires_at()
 
     @classmethod
     def of(cls, view: SettingsView) -> SecuritySettings:
-        return cls(
-            two_factor_enabled=view.two_factor_enabled,
-            methods=list(view.methods),
-            phone=None if view.phone is None else Phone.of(view.phone),
-            totp_enabled=view.totp_enabled,
-            devices=[Device.of(d) for d in view.devices],
-            backup_codes_active=view.backup_codes_active,
-            temporary_password_expires_at=view.temporary_password_expires_at,
-        )
+        return cls(view=view)
 
 
 @strawberry.type

@@ -243,14 +243,15 @@ class LoginService:
             raise refusal
         if factor is None or method.value not in challenge.methods:
             raise MethodNotAvailable("This challenge cannot be completed with that method.")
-        await throttle.check(challenge.user_id, method.value, now)
+        counter = await throttle.check(challenge.user_id, method.value, now)
         verdict = await factor.verify(
             Attempt(challenge.user_id, challenge.id, code, challenge.client_kind, work)
         )
         if not verdict.accepted:
-            error = await self._wrong_code(challenge, method, verdict.error, now, ip_address, work)
+            await throttle.failed(challenge.user_id, method.value, now, counter)
+            error = await self._wrong_code(challenge, method, verdict.error, ip_address, work)
             return Outcome(error=error)
-        await throttle.succeeded(challenge.user_id, method.value)
+        await throttle.succeeded(counter)
         await LoginChallenge.filter(id=challenge.id).update(
             status=ChallengeStatus.COMPLETED, completed_at=now
         )
@@ -281,12 +282,10 @@ class LoginService:
         challenge: LoginChallenge,
         method: TwoFactorMethod,
         error: DomainError | None,
-        now: datetime,
         ip_address: str | None,
         work: UnitOfWork,
     ) -> DomainError:
-        """L2: the 5th wrong code locks the challenge; F5: every wrong code feeds the back-off."""
-        await throttle.failed(challenge.user_id, method.value, now)
+        """L2: the 5th wrong code locks the challenge."""
         attempts = challenge.wrong_attempts + 1
         locked = attempts >= MAX_WRONG_CODES
         await LoginChallenge.filter(id=challenge.id).update(

@@ -25,17 +25,58 @@ from gateway.factors.temporary_passwords.service import (
     TemporaryPasswordService,
 )
 from gateway.factors.totp.service import TotpEnrollment, TotpService
+from gateway.security.store import MethodSummary, method_summary
 
 
-@dataclass(frozen=True)
 class SettingsView:
-    two_factor_enabled: bool
-    methods: list[TwoFactorMethod]
-    totp_enabled: bool
-    phone: PhoneView | None
-    devices: list[Device]
-    backup_codes_active: int
-    temporary_password_expires_at: datetime | None
+    """F2: what the account has, never a secret or a code. The methods come from one summary
+    query; the phone, the devices and the temporary password are read only when asked for."""
+
+    def __init__(self, user_id: UUID, summary: MethodSummary, security: SecurityService) -> None:
+        self.user_id = user_id
+        self.summary = summary
+        self._security = security
+
+    @property
+    def two_factor_enabled(self) -> bool:
+        return self.summary.two_factor_enabled
+
+    @property
+    def totp_enabled(self) -> bool:
+        return self.summary.totp
+
+    @property
+    def backup_codes_active(self) -> int:
+        return self.summary.backup_codes_active
+
+    @property
+    def methods(self) -> list[TwoFactorMethod]:
+        has = methods_of(self.summary)
+        if self.summary.backup_codes_active:
+            has.add(TwoFactorMethod.BACKUP_CODE)
+        return [m for m in METHOD_ORDER if m in has]
+
+    async def phone(self) -> PhoneView | None:
+        return phone_view(await self._security.sms.phone(self.user_id))
+
+    async def devices(self) -> list[Device]:
+        return await self._security.push.devices(self.user_id)
+
+    async def temporary_password_expires_at(self) -> datetime | None:
+        return await self._security.temporary.expires_at(self.user_id)
+
+
+def methods_of(summary: MethodSummary) -> set[TwoFactorMethod]:
+    found: set[TwoFactorMethod] = set()
+    if summary.totp:
+        found.add(TwoFactorMethod.TOTP)
+    if summary.phone_verified:
+        found.add(TwoFactorMethod.SMS)
+    if summary.devices:
+        # An enrolled device keeps 2FA on even while FCM cannot reach it: it still answers
+        # over the subscription and the list, and shows login codes (P3, P8).
+        found.update({TwoFactorMethod.PUSH, TwoFactorMethod.APP_CODE})
+    return found
 
 
 @dataclass(frozen=True)
@@ -63,55 +104,38 @@ class SecurityService:
         self._backup = backup_codes
         self._temporary = temporary_passwords
 
-    async def settings(self, user_id: UUID) -> SettingsView:
-        """F2: what the account has; never a secret or a code."""
-        user = await User.get(id=user_id)
-        totp_on = await self._totp.enabled(user_id)
-        active = await self._backup.active_count(user_id)
-        phone = await self._sms.phone(user_id)
-        has = await self._methods(user_id)
-        if active:
-            has.add(TwoFactorMethod.BACKUP_CODE)
-        return SettingsView(
-            two_factor_enabled=user.two_factor_enabled,
-            methods=[m for m in METHOD_ORDER if m in has],
-            totp_enabled=totp_on,
-            phone=phone_view(phone),
-            devices=await self._push.devices(user_id),
-            backup_codes_active=active,
-            temporary_password_expires_at=await self._temporary.expires_at(user_id),
-        )
+    @property
+    def sms(self) -> SmsService:
+        return self._sms
 
-    async def _methods(self, user_id: UUID) -> set[TwoFactorMethod]:
-        found: set[TwoFactorMethod] = set()
-        if await self._totp.enabled(user_id):
-            found.add(TwoFactorMethod.TOTP)
-        phone = await self._sms.phone(user_id)
-        if phone is not None and phone.verified_at is not None:
-            found.add(TwoFactorMethod.SMS)
-        devices = await self._push.devices(user_id)
-        if devices:
-            # An enrolled device keeps 2FA on even while FCM cannot reach it: it still
-            # answers over the subscription and the list, and shows login codes (P3, P8).
-            found.update({TwoFactorMethod.PUSH, TwoFactorMethod.APP_CODE})
-        return found
+    @property
+    def push(self) -> PushService:
+        return self._push
+
+    @property
+    def temporary(self) -> TemporaryPasswordService:
+        return self._temporary
+
+    async def settings(self, user_id: UUID) -> SettingsView:
+        """F2."""
+        return SettingsView(user_id, await method_summary(user_id), self)
 
     async def primary_methods(self, user_id: UUID) -> set[TwoFactorMethod]:
         """What keeps 2FA on: a verified phone, a confirmed authenticator, a push device."""
-        return await self._methods(user_id) & PRIMARY_METHODS
+        return methods_of(await method_summary(user_id)) & PRIMARY_METHODS
 
     async def verify_phone(self, session: Session, code: str) -> Outcome[PhoneView]:
         """S1, F5: a wrong code counts toward the SMS back-off and is committed as such."""
         user_id = session.user.id
         await lock_user(user_id)
         now = self._clock()
-        await code_throttle.check(user_id, TwoFactorMethod.SMS.value, now)
+        counter = await code_throttle.check(user_id, TwoFactorMethod.SMS.value, now)
         try:
             view = await self._sms.verify_phone(user_id, code)
         except InvalidCode as exc:
-            await code_throttle.failed(user_id, TwoFactorMethod.SMS.value, now)
+            await code_throttle.failed(user_id, TwoFactorMethod.SMS.value, now, counter)
             return Outcome(error=exc)
-        await code_throttle.succeeded(user_id, TwoFactorMethod.SMS.value)
+        await code_throttle.succeeded(counter)
         return Outcome(value=view)
 
     async def enroll_device(

@@ -1,0 +1,84 @@
+"""`kanmon serve`: uvicorn processes that each own a SO_REUSEPORT socket.
+
+With one shared listening socket, a burst of connections (or a proxy's few long-lived ones)
+tends to land on one process; with a socket per process the kernel spreads connections over
+all of them. The parent only supervises: it restarts a process that dies and, on SIGTERM or
+SIGINT, passes the signal on and waits for every process's orderly shutdown.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+import uvicorn
+
+APP = "gateway.asgi:app_from_environment"
+RESTART_PAUSE_SECONDS = 1.0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _config(host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        APP,
+        factory=True,
+        host=host,
+        port=port,
+        ws_per_message_deflate=False,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _run_one(host: str, port: int) -> None:
+    server = uvicorn.Server(_config(host, port))
+    server.run(sockets=[_bind(host, port)])
+
+
+def serve(host: str, port: int, workers: int) -> int:
+    if workers <= 1:
+        uvicorn.Server(_config(host, port)).run()
+        return 0
+    context = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_run_one, args=(host, port), name="kanmon-gateway")
+        process.start()
+        return process
+
+    def forward(signum: int, _: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signum)
+
+    processes = [start() for _ in range(workers)]
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while not stopping:
+        for index, process in enumerate(processes):
+            process.join(timeout=0.5)
+            if not stopping and not process.is_alive():
+                time.sleep(RESTART_PAUSE_SECONDS)
+                processes[index] = start()
+    for process in processes:
+        process.join()
+    return 0
+
