@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from tortoise import Tortoise
+from tortoise.backends.base.config_generator import expand_db_url
 
 MODEL_MODULES = [
     "gateway.accounts.models",
@@ -31,9 +33,27 @@ def with_pool_size(database_url: str, size: int) -> str:
     return f"{database_url}{separator}minsize=1&maxsize={size}"
 
 
+class _NoResetConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg sends `RESET ALL; UNLISTEN *; CLOSE ALL; ...` each time a connection goes back
+    to the pool: a round trip per query outside a transaction. Kanmon keeps no session state
+    (no LISTEN, advisory locks, SET or open cursors), so nothing needs resetting; an open
+    transaction is still rolled back by asyncpg itself."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+def _connection(database_url: str) -> str | dict[str, Any]:
+    if not database_url.startswith(("postgres://", "asyncpg://")):
+        return database_url
+    expanded: dict[str, Any] = expand_db_url(database_url)
+    expanded["credentials"]["connection_class"] = _NoResetConnection
+    return expanded
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     return {
-        "connections": {"default": database_url},
+        "connections": {"default": _connection(database_url)},
         "apps": {
             APP_LABEL: {
                 "models": MODEL_MODULES,
