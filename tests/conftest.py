@@ -4,8 +4,9 @@ real ASGI app over httpx, real arq workers in burst mode."""
 from __future__ import annotations
 
 import inspect
+import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from gateway.app import create_app
 from gateway.container import Services, build_services, connect_redis
 from gateway.core.db import apply_migrations, open_database
 from gateway.core.passwords import Passwords
+from gateway.logs import JsonFormatter
 from gateway.settings import Environment, Settings, new_key_text
 from tests.backends import Backends, open_backends
 from workers.settings import worker_options
@@ -37,6 +39,34 @@ class MovableClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+class _Captured(logging.Handler):
+    """Keeps every log record of the run, formatted as production formats it (O3)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+CAPTURED_LOGS = _Captured()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def capture_logs() -> Iterator[_Captured]:
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(CAPTURED_LOGS)
+    # The levels production runs with (gateway.logs.configure_logging).
+    root.setLevel(logging.INFO)
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    yield CAPTURED_LOGS
+    root.removeHandler(CAPTURED_LOGS)
+    root.setLevel(previous)
 
 
 @pytest.fixture(scope="session")

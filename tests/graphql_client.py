@@ -7,8 +7,10 @@ from typing import Any
 import httpx
 
 from gateway.accounts.clients import ClientKind
+from tests.secrets_seen import remember
 
 PASSWORD = "correct horse battery"
+remember({"password": PASSWORD})
 
 
 class GraphQLError(AssertionError):
@@ -33,6 +35,8 @@ async def gql(
         "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
     )
     body: dict[str, Any] = response.json()
+    remember(variables or {})
+    remember(body)
     return body
 
 

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Message, Receive, Scope, Send
 from tortoise import connections
 
 from gateway.container import Services, build_services, connect_redis
 from gateway.core.db import close_database, open_database
 from gateway.core.events import EventHub
+from gateway.core.jobs import QUEUES, queue_key
+from gateway.core.metrics import OUTBOX_BACKLOG, QUEUE_DEPTH, render
+from gateway.core.outbox import OutboxMessage
 from gateway.graphql.schema import build_schema
 from gateway.graphql.view import KanmonGraphQL, RequestLimits
+from gateway.logs import RequestIdMiddleware
 from gateway.settings import Settings
 from gateway.webhooks.sms import sms_webhook_routes
 
@@ -72,14 +79,28 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     schema = build_schema(development=settings.development)
     events = _LazyEvents(holder)
     graphql_app = _LazyGraphQL(holder, events, schema, settings)
+
+    async def metrics(_: Request) -> Response:
+        """O3: Prometheus text format; queue depth and outbox backlog are read now."""
+        services = holder["services"]
+        try:
+            for queue in QUEUES:
+                QUEUE_DEPTH.labels(queue).set(await services.redis.zcard(queue_key(queue)))
+            OUTBOX_BACKLOG.set(await OutboxMessage.filter(dispatched_at__isnull=True).count())
+        except Exception:
+            log.warning("metrics: could not read queue depth or outbox backlog")
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
     routes = [
         Route("/graphql", RequestLimits(graphql_app), methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql_app),
         *sms_webhook_routes(lambda: holder["services"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
     app.state.events = events
     return app
 
@@ -119,7 +140,14 @@ class _LazyGraphQL:
         self._settings = settings
         self._view: KanmonGraphQL | None = None
 
-    async def __call__(self, scope: object, receive: object, send: object) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            async with _tracked(send) as tracked_send:
+                await self._view_for_call()(scope, receive, tracked_send)
+            return
+        await self._view_for_call()(scope, receive, send)
+
+    def _view_for_call(self) -> KanmonGraphQL:
         if self._view is None:
             self._view = KanmonGraphQL(
                 self._holder["services"],
@@ -128,7 +156,41 @@ class _LazyGraphQL:
                 development=self._settings.development,
                 graphql_ide="graphiql" if self._settings.development else None,
             )
-        await self._view(scope, receive, send)  # type: ignore[arg-type]
+        return self._view
+
+
+# Open websockets of this process, so a shutdown can say "going away" (1001) to each client
+# and let it reconnect to another gateway before the process stops.
+_open_websockets: dict[int, Send] = {}
+
+
+@asynccontextmanager
+async def _tracked(send: Send) -> AsyncIterator[Send]:
+    key = id(send)
+    closed = False
+
+    async def tracked(message: Message) -> None:
+        nonlocal closed
+        if message["type"] == "websocket.close":
+            closed = True
+            _open_websockets.pop(key, None)
+        if not closed or message["type"] == "websocket.close":
+            await send(message)
+
+    _open_websockets[key] = tracked
+    try:
+        yield tracked
+    finally:
+        _open_websockets.pop(key, None)
+
+
+async def close_websockets(code: int = 1001) -> int:
+    """O2: ends every websocket of this process with `code` (1001, going away)."""
+    sends = list(_open_websockets.values())
+    for send in sends:
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": code, "reason": "server shutting down"})
+    return len(sends)
 
 
 def _require_redis(settings: Settings) -> str:

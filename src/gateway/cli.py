@@ -46,8 +46,17 @@ def _worker(args: argparse.Namespace) -> int:
     configure_logging()
     settings = Settings()
     options = worker_options(settings, args.queue)
+    if args.check:
+        from gateway.admin.commands import check_worker
+
+        return check_worker(options)
     if args.concurrency:
         options["max_jobs"] = args.concurrency
+    if settings.worker_metrics_port:
+        # O3: the SMS and push counters live in the worker processes; expose them here.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     worker = Worker(**options, burst=args.burst)
     worker.run()
     return 0
@@ -64,6 +73,12 @@ def _dev(_: argparse.Namespace) -> int:
         return 0
 
 
+def _admin(args: argparse.Namespace) -> int:
+    from gateway.admin.commands import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanmon", description="Kanmon login verification")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,8 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", required=True, choices=["sms", "push", "maintenance"])
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="probe: exit 0 if a worker of the queue reported health recently, else 1",
+    )
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("export-schema", help="print the GraphQL SDL")
+    from gateway.admin.commands import register as register_admin
+
+    register_admin(sub)
     return parser
 
 
@@ -87,6 +110,7 @@ COMMANDS = {
     "worker": _worker,
     "migrate": _migrate,
     "export-schema": _export_schema,
+    "admin": _admin,
 }
 
 

@@ -20,12 +20,13 @@ from gateway.app import create_app
 from gateway.core.db import apply_migrations
 from gateway.core.jobs import QUEUES
 from gateway.logs import configure_logging
+from gateway.serve import GracefulServer
 from gateway.settings import Environment, Settings
 
 log = logging.getLogger("kanmon.dev")
 
 
-class _AnnouncingServer(uvicorn.Server):
+class _AnnouncingServer(GracefulServer):
     """Sets `listening` once the socket is bound, so the banner never precedes the server."""
 
     def __init__(self, config: uvicorn.Config) -> None:

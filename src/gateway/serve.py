@@ -12,11 +12,13 @@ import multiprocessing
 import os
 import signal
 import socket
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
 import uvicorn
+from prometheus_client import multiprocess
 
 APP = "gateway.asgi:app_from_environment"
 RESTART_PAUSE_SECONDS = 1.0
@@ -45,15 +47,28 @@ def _config(host: str, port: int) -> uvicorn.Config:
     )
 
 
+class GracefulServer(uvicorn.Server):
+    """On SIGTERM, websocket clients hear "going away" (1001) and reconnect elsewhere, instead
+    of uvicorn's abrupt close when its grace period runs out."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        from gateway.app import close_websockets
+
+        await close_websockets(1001)
+        await super().shutdown(sockets)
+
+
 def _run_one(host: str, port: int) -> None:
-    server = uvicorn.Server(_config(host, port))
+    server = GracefulServer(_config(host, port))
     server.run(sockets=[_bind(host, port)])
 
 
 def serve(host: str, port: int, workers: int) -> int:
     if workers <= 1:
-        uvicorn.Server(_config(host, port)).run()
+        GracefulServer(_config(host, port)).run()
         return 0
+    # Metrics of all processes in one scrape (prometheus-client's multiprocess mode).
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kanmon-metrics-"))
     context = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -76,9 +91,10 @@ def serve(host: str, port: int, workers: int) -> int:
         for index, process in enumerate(processes):
             process.join(timeout=0.5)
             if not stopping and not process.is_alive():
+                if process.pid is not None:
+                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
                 time.sleep(RESTART_PAUSE_SECONDS)
                 processes[index] = start()
     for process in processes:
         process.join()
     return 0
-

@@ -83,10 +83,13 @@ class Settings(BaseSettings):
 
     outbox_sweep_after_seconds: int = Field(default=5, ge=1)
     worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape target inside the pod network
     # SMS and push are on a login's critical path: their workers poll far more often.
     fast_poll_delay_seconds: float = Field(default=0.005, gt=0)
 
     @field_validator(
+        "worker_metrics_port",
         "fcm_credentials",
         "fcm_project_id",
         "fcm_endpoint",

@@ -34,13 +34,18 @@ from workers.providers import build_push_sender, build_sms_delivery
 
 SMS_JOB_TIMEOUT = 10
 PUSH_JOB_TIMEOUT = 10
+MAINTENANCE_JOB_TIMEOUT = 30
 
 
 def functions_for(queue: str) -> list[Function]:
     if queue == QUEUE_MAINTENANCE:
         return [
-            func(maintenance.backup_codes_invalidate, name=JOB_BACKUP_CODES_INVALIDATE, timeout=30),
-            func(maintenance.notices_send, name=JOB_NOTICE_SEND, timeout=30),
+            func(
+                maintenance.backup_codes_invalidate,
+                name=JOB_BACKUP_CODES_INVALIDATE,
+                timeout=MAINTENANCE_JOB_TIMEOUT,
+            ),
+            func(maintenance.notices_send, name=JOB_NOTICE_SEND, timeout=MAINTENANCE_JOB_TIMEOUT),
         ]
     if queue == QUEUE_SMS:
         # Short timeouts: a killed worker's job comes back after timeout + 10 s (S4).
@@ -129,6 +134,10 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         if queue == QUEUE_MAINTENANCE
         else settings.fast_poll_delay_seconds,
         "max_tries": max_tries(settings),
+        # O2: on SIGTERM stop taking jobs and let running ones finish (the rest are re-queued).
+        "job_completion_wait": MAINTENANCE_JOB_TIMEOUT
+        if queue == QUEUE_MAINTENANCE
+        else SMS_JOB_TIMEOUT,
         "health_check_interval": 30,
         "health_check_key": f"{queue_key(queue)}:health-check",
     }

@@ -25,6 +25,7 @@ from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutatio
 from gateway.graphql.factors.totp import TotpMutation
 from gateway.graphql.limits import MAX_TOKENS, DocumentLimitsRule
 from gateway.graphql.login import LoginMutation, LoginQuery
+from gateway.graphql.observability import OperationMetrics
 from gateway.graphql.security import SecurityMutation
 from gateway.graphql.subscriptions import Subscription
 
@@ -57,6 +58,7 @@ def build_schema(*, development: bool) -> strawberry.Schema:
     if not development:
         rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        OperationMetrics,
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         lambda: AddValidationRules(rules),
         lambda: ParserCache(maxsize=1024),

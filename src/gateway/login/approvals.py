@@ -10,6 +10,7 @@ from gateway.core import audit
 from gateway.core.clock import Clock, utc_now
 from gateway.core.errors import ChallengeClosed, ChallengeExpired, ChallengeLocked, DomainError
 from gateway.core.events import challenge_channel
+from gateway.core.metrics import CHALLENGE_OUTCOMES
 from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
@@ -56,6 +57,7 @@ class PushApprovals:
         )
         if decision is not None:
             await self._move_challenge(decision, work)
+            CHALLENGE_OUTCOMES.labels("PUSH", decision.request.status.value.lower()).inc()
         return Outcome(value=decision.request if decision else None, error=error)
 
     async def _move_challenge(self, decision: Decision, work: UnitOfWork) -> None:
@@ -88,12 +90,16 @@ class PushApprovals:
             raise ChallengeLocked()
         if status is not ChallengeStatus.APPROVED:
             raise ChallengeClosed()
+        if challenge.expires_at <= self._clock():
+            # L2: an approval does not make the challenge token good forever.
+            raise ChallengeExpired()
         changed = await LoginChallenge.filter(
             id=challenge.id, status=ChallengeStatus.APPROVED
         ).update(status=ChallengeStatus.COMPLETED, completed_at=self._clock())
         if changed != 1:
             raise ChallengeClosed()
         work.signal(challenge_channel(challenge.id))
+        CHALLENGE_OUTCOMES.labels("PUSH", "success").inc()
         await audit.record(
             challenge.user_id, "login.succeeded", detail="PUSH", ip_address=ip_address
         )
@@ -115,4 +121,5 @@ class PushApprovals:
             ).update(status=ChallengeStatus.EXPIRED)
             if changed:
                 work.signal(challenge_channel(challenge.id))
+                CHALLENGE_OUTCOMES.labels("ANY", "expired").inc()
         return len(expired) + len(due)

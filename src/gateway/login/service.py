@@ -21,8 +21,10 @@ from gateway.core.errors import (
     InvalidCredentials,
     MethodNotAvailable,
     NotFound,
+    RateLimited,
 )
 from gateway.core.events import challenge_channel
+from gateway.core.metrics import CHALLENGE_OUTCOMES
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import (
@@ -243,15 +245,21 @@ class LoginService:
             raise refusal
         if factor is None or method.value not in challenge.methods:
             raise MethodNotAvailable("This challenge cannot be completed with that method.")
-        counter = await throttle.check(challenge.user_id, method.value, now)
+        try:
+            counter = await throttle.check(challenge.user_id, method.value, now)
+        except RateLimited:
+            CHALLENGE_OUTCOMES.labels(method.value, "rate_limited").inc()
+            raise
         verdict = await factor.verify(
             Attempt(challenge.user_id, challenge.id, code, challenge.client_kind, work)
         )
         if not verdict.accepted:
             await throttle.failed(challenge.user_id, method.value, now, counter)
+            CHALLENGE_OUTCOMES.labels(method.value, "wrong_code").inc()
             error = await self._wrong_code(challenge, method, verdict.error, ip_address, work)
             return Outcome(error=error)
         await throttle.succeeded(counter)
+        CHALLENGE_OUTCOMES.labels(method.value, "success").inc()
         await LoginChallenge.filter(id=challenge.id).update(
             status=ChallengeStatus.COMPLETED, completed_at=now
         )
@@ -296,6 +304,7 @@ class LoginService:
             challenge.user_id, "login.failed", detail=method.value, ip_address=ip_address
         )
         if locked:
+            CHALLENGE_OUTCOMES.labels(method.value, "locked").inc()
             await self._push.close_for_challenge(challenge.id, work)
             work.signal(challenge_channel(challenge.id))
         if locked and not (error is not None and error.code == "BACKUP_CODE_OUT_OF_ORDER"):

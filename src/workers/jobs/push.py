@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -10,10 +11,16 @@ from arq import Retry
 from gateway.container import Services
 from gateway.factors.push.fanout import PushFanOut
 
+log = logging.getLogger(__name__)
+
 
 async def push_fan_out(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
     fan_out: PushFanOut = ctx["push_fan_out"]
-    delay = await fan_out.run(UUID(payload["request_id"]), ctx["job_try"])
+    try:
+        delay = await fan_out.run(UUID(payload["request_id"]), ctx["job_try"])
+    except Exception as exc:
+        log.warning("push.fan_out failed; retrying", extra={"error": type(exc).__name__})
+        raise Retry(defer=min(2 ** ctx["job_try"], 30)) from exc
     if delay is not None:
         raise Retry(defer=delay)
 

@@ -8,6 +8,7 @@ import random
 from uuid import UUID
 
 from gateway.core.clock import Clock, utc_now
+from gateway.core.metrics import PUSH_SENDS
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushSend
 from gateway.factors.push.port import MAX_BATCH, PushMessage, PushOutcome, PushSender
 
@@ -45,6 +46,7 @@ class PushFanOut:
             messages = [PushMessage(d.id, d.push_token, str(request.id), ttl) for d in batch]
             for result in await self._sender.send(messages):
                 await self._record(request.id, result.device_id, result.outcome)
+                PUSH_SENDS.labels(result.outcome.value).inc()
                 if result.outcome in DEAD_TOKEN:
                     await Device.filter(id=result.device_id).update(
                         push_enabled=False, push_disabled_reason=result.outcome.value

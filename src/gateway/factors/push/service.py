@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from tortoise.expressions import Q
+
 from gateway.accounts.clients import APP_CLIENTS
 from gateway.accounts.models import Session
 from gateway.core import audit, otp
@@ -244,8 +246,10 @@ class PushService:
         )
         if request is None:
             raise NotFound()
+        # The signed message names a number only when the request asked for one (API.md).
+        signed_number = match_number if request.match_number is not None else None
         message = (
-            signing.approve_message(str(request.id), request.nonce, match_number)
+            signing.approve_message(str(request.id), request.nonce, signed_number)
             if approve
             else signing.deny_message(str(request.id), request.nonce)
         )
@@ -358,9 +362,12 @@ class PushService:
             query = query.filter(status=status, expires_at__gt=now)
         elif status is not None:
             query = query.filter(status=status)
-        rows = await query.order_by("-created_at", "-id").limit(first + 200 if after else first + 1)
         if after is not None:
-            rows = [r for r in rows if (r.created_at, r.id) < after]
+            created, request_id = after
+            query = query.filter(
+                Q(created_at__lt=created) | Q(created_at=created, id__lt=request_id)
+            )
+        rows = await query.order_by("-created_at", "-id").limit(first + 1)
         return rows[:first], len(rows) > first
 
     async def recent_requests(self, user_id: UUID, since: datetime) -> list[LoginRequest]:

@@ -13,8 +13,11 @@ from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
 
+from tortoise.transactions import in_transaction
+
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
+from gateway.core.metrics import SMS_MESSAGES
 from gateway.factors.sms import codes
 from gateway.factors.sms.models import (
     FINAL_STATUSES,
@@ -111,6 +114,12 @@ class SmsDelivery:
         if interrupted:
             # S4: the provider may have sent it before the worker died; count, don't hide.
             message.duplicates += interrupted
+        if await SmsAttempt.filter(message_id=message.id, outcome="sent").exists():
+            # The provider took it but the status never settled: it went; don't send again.
+            message.status = SmsStatus.SENT
+            message.sent_at = now
+            await message.save(update_fields=["status", "sent_at", "duplicates"])
+            return DeliveryResult(SmsStatus.SENT)
         if message.expires_at is not None and message.expires_at <= now:
             return await self._fail(message, "expired")
         body = await self._body(message)
@@ -122,16 +131,20 @@ class SmsDelivery:
         message.status = SmsStatus.SENDING
         message.attempts += 1
         message.provider = provider.name
-        await message.save(update_fields=["status", "attempts", "provider", "duplicates"])
-        attempt = await SmsAttempt.create(message_id=message.id, provider=provider.name)
+        async with in_transaction("default"):
+            await message.save(update_fields=["status", "attempts", "provider", "duplicates"])
+            attempt = await SmsAttempt.create(message_id=message.id, provider=provider.name)
         result = await provider.send(message.to_number, body)
-        await SmsAttempt.filter(id=attempt.id).update(
-            outcome=result.outcome.value,
-            http_status=result.http_status,
-            error_code=result.error_code,
-            finished_at=self._clock(),
-        )
-        return await self._settle(message, result, job_try)
+        # The attempt's outcome and the message's new status commit together: a worker dying
+        # in between must not leave a "sent" attempt on an unsettled message (S4).
+        async with in_transaction("default"):
+            await SmsAttempt.filter(id=attempt.id).update(
+                outcome=result.outcome.value,
+                http_status=result.http_status,
+                error_code=result.error_code,
+                finished_at=self._clock(),
+            )
+            return await self._settle(message, result, job_try)
 
     async def _settle(
         self, message: SmsMessage, result: ProviderResult, job_try: int
@@ -142,6 +155,7 @@ class SmsDelivery:
             message.sent_at = self._clock()
             message.error_code = None
             await message.save(update_fields=["status", "provider_sid", "sent_at", "error_code"])
+            SMS_MESSAGES.labels(SmsStatus.SENT.value, message.provider or "none").inc()
             return DeliveryResult(SmsStatus.SENT)
         if result.outcome is ProviderOutcome.PERMANENT:
             if result.error_code == UNSUBSCRIBED:
@@ -163,6 +177,7 @@ class SmsDelivery:
         message.status = SmsStatus.FAILED
         message.error_code = error
         await message.save(update_fields=["status", "error_code", "duplicates"])
+        SMS_MESSAGES.labels(SmsStatus.FAILED.value, message.provider or "none").inc()
         return DeliveryResult(SmsStatus.FAILED)
 
     async def _body(self, message: SmsMessage) -> str | None:
@@ -212,6 +227,8 @@ async def apply_receipt(sid: str, status_text: str, error_code: str | None, cloc
     changed = await SmsMessage.filter(id=message.id, status__not_in=list(FINAL_STATUSES)).update(
         **update
     )
+    if changed:
+        SMS_MESSAGES.labels(status.value, message.provider or "none").inc()
     if status is not SmsStatus.DELIVERED and error_code == UNSUBSCRIBED:
         await Phone.filter(number=message.to_number).update(sms_paused=True)
     return changed == 1

@@ -1,0 +1,1 @@
+"""The support and operator console (O1): `kanmon admin ...`."""
