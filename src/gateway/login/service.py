@@ -263,7 +263,7 @@ class LoginService:
         await LoginChallenge.filter(id=challenge.id).update(
             status=ChallengeStatus.COMPLETED, completed_at=now
         )
-        await self._push.close_for_challenge(challenge.id, work)
+        await self._close_push_request(challenge, work)
         work.signal(challenge_channel(challenge.id))
         await audit.record(
             challenge.user_id, "login.succeeded", detail=method.value, ip_address=ip_address
@@ -275,6 +275,10 @@ class LoginService:
             challenge.user_id, client, password_proved=True
         )
         return Outcome(value=session)
+
+    async def _close_push_request(self, challenge: LoginChallenge, work: UnitOfWork) -> None:
+        if TwoFactorMethod.PUSH.value in challenge.methods:
+            await self._push.close_for_challenge(challenge.id, work)
 
     def _check_open(self, challenge: LoginChallenge, now: datetime) -> None:
         status = current_status(challenge, now)
@@ -305,7 +309,7 @@ class LoginService:
         )
         if locked:
             CHALLENGE_OUTCOMES.labels(method.value, "locked").inc()
-            await self._push.close_for_challenge(challenge.id, work)
+            await self._close_push_request(challenge, work)
             work.signal(challenge_channel(challenge.id))
         if locked and not (error is not None and error.code == "BACKUP_CODE_OUT_OF_ORDER"):
             return ChallengeLocked()
