@@ -47,6 +47,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # arq logs two lines per job, and the expiry cron runs every second: keep its warnings.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
 
 
 class RequestIdMiddleware:
