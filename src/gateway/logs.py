@@ -49,6 +49,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     # arq logs two lines per job, and the expiry cron runs every second: keep its warnings.
     logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class RequestIdMiddleware:

@@ -44,6 +44,10 @@ class _NoResetConnection(asyncpg.Connection):  # type: ignore[misc]
 
 
 def _connection(database_url: str) -> str | dict[str, Any]:
+    if database_url.startswith("sqlite://") and "busy_timeout" not in database_url:
+        # Wait for a lock (another process's write) instead of failing at once.
+        separator = "&" if "?" in database_url else "?"
+        return f"{database_url}{separator}busy_timeout=5000"
     if not database_url.startswith(("postgres://", "asyncpg://")):
         return database_url
     expanded: dict[str, Any] = expand_db_url(database_url)
