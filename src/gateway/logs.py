@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -39,6 +40,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_PER_JOB = re.compile(r"^\s*\d+(\.\d+)?s [→←] ")
+
+
+def _not_per_job(record: logging.LogRecord) -> bool:
+    return not (record.levelno <= logging.INFO and _PER_JOB.match(record.getMessage()))
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
@@ -47,8 +55,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-    # arq logs two lines per job, and the expiry cron runs every second: keep its warnings.
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    # arq logs two lines per job, and the expiry cron runs every second: keep everything else
+    # it says (start-up, shutdown on SIGTERM, jobs cancelled) but not those.
+    logging.getLogger("arq.worker").addFilter(_not_per_job)
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     sms_retry_base_seconds: float = Field(default=1.0, gt=0)
     sms_primary_tries: int = Field(default=4, ge=1)
     sms_fallback_tries: int = Field(default=3, ge=1)
-    sms_send_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Below the sms job's 10 s timeout, or arq would kill the job instead of our retry logic.
+    sms_send_timeout_seconds: float = Field(default=5.0, gt=0, le=8)
     twilio_base_url: str = "https://api.twilio.com"
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None

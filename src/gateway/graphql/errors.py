@@ -53,9 +53,7 @@ def map_error(error: GraphQLError, *, development: bool) -> GraphQLError:
             return _with_code(error, message, {"code": "QUERY_REJECTED"})
         return _with_code(error, message, {"code": "BAD_USER_INPUT"})
     if isinstance(original, UNAVAILABLE):
-        log.warning(
-            "dependency unavailable: %s: %s", type(original).__name__, str(original)[:120]
-        )
+        log.warning("dependency unavailable: %s: %s", type(original).__name__, str(original)[:120])
         unavailable = ServiceUnavailable()
         return _with_code(error, unavailable.message, unavailable.extensions)
     log.error("unexpected error in %s", error.path, exc_info=original)
