@@ -108,13 +108,17 @@ class SmsDelivery:
         if message.status is SmsStatus.SENT or message.status in FINAL_STATUSES:
             return DeliveryResult(message.status)
         now = self._clock()
-        interrupted = await SmsAttempt.filter(message_id=message.id, outcome__isnull=True).update(
-            outcome="interrupted", finished_at=now
-        )
+        earlier = [
+            a.outcome for a in await SmsAttempt.filter(message_id=message.id).only("id", "outcome")
+        ]
+        interrupted = sum(1 for outcome in earlier if outcome is None)
         if interrupted:
             # S4: the provider may have sent it before the worker died; count, don't hide.
+            await SmsAttempt.filter(message_id=message.id, outcome__isnull=True).update(
+                outcome="interrupted", finished_at=now
+            )
             message.duplicates += interrupted
-        if await SmsAttempt.filter(message_id=message.id, outcome="sent").exists():
+        if "sent" in earlier:
             # The provider took it but the status never settled: it went; don't send again.
             message.status = SmsStatus.SENT
             message.sent_at = now
@@ -131,9 +135,9 @@ class SmsDelivery:
         message.status = SmsStatus.SENDING
         message.attempts += 1
         message.provider = provider.name
-        async with in_transaction("default"):
-            await message.save(update_fields=["status", "attempts", "provider", "duplicates"])
-            attempt = await SmsAttempt.create(message_id=message.id, provider=provider.name)
+        # Dying between these two writes leaves no attempt: the re-run sends, nothing went yet.
+        await message.save(update_fields=["status", "attempts", "provider", "duplicates"])
+        attempt = await SmsAttempt.create(message_id=message.id, provider=provider.name)
         result = await provider.send(message.to_number, body)
         # The attempt's outcome and the message's new status commit together: a worker dying
         # in between must not leave a "sent" attempt on an unsettled message (S4).
