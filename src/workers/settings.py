@@ -134,6 +134,10 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         if queue == QUEUE_MAINTENANCE
         else settings.fast_poll_delay_seconds,
         "max_tries": max_tries(settings),
+        # An SMS job checks the message's status before sending, so a kept result (one more
+        # Redis write per job) buys nothing there; push keeps it: its job id dedupes a request
+        # relayed twice, whose first try does not read what was already sent.
+        "keep_result": 0 if queue == QUEUE_SMS else 3600,
         # O2: on SIGTERM stop taking jobs and let running ones finish (the rest are re-queued).
         "job_completion_wait": MAINTENANCE_JOB_TIMEOUT
         if queue == QUEUE_MAINTENANCE

@@ -30,11 +30,16 @@ class PushFanOut:
         ttl = math.floor((request.expires_at - now).total_seconds())
         if ttl <= 0:
             return None
-        settled = {
-            row.device_id
-            for row in await PushSend.filter(request_id=request.id)
-            if row.outcome is not None and row.outcome != PushOutcome.RETRY.value
-        }
+        first_try = job_try == 1
+        settled = (
+            set()
+            if first_try
+            else {
+                row.device_id
+                for row in await PushSend.filter(request_id=request.id)
+                if row.outcome is not None and row.outcome != PushOutcome.RETRY.value
+            }
+        )
         devices = [
             d
             for d in await Device.filter(user_id=request.user_id, push_enabled=True)
@@ -45,7 +50,7 @@ class PushFanOut:
             batch = devices[start : start + MAX_BATCH]
             messages = [PushMessage(d.id, d.push_token, str(request.id), ttl) for d in batch]
             for result in await self._sender.send(messages):
-                await self._record(request.id, result.device_id, result.outcome)
+                await self._record(request.id, result.device_id, result.outcome, first_try)
                 PUSH_SENDS.labels(result.outcome.value).inc()
                 if result.outcome in DEAD_TOKEN:
                     await Device.filter(id=result.device_id).update(
@@ -57,7 +62,20 @@ class PushFanOut:
         delay = min(2 ** max(job_try - 1, 0), MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
         return delay if delay < ttl else None
 
-    async def _record(self, request_id: UUID, device_id: UUID, outcome: PushOutcome) -> None:
+    async def _record(
+        self, request_id: UUID, device_id: UUID, outcome: PushOutcome, first_try: bool
+    ) -> None:
+        if first_try:
+            # Nothing was recorded before the first try: one insert instead of read + write.
+            sent_at = self._clock() if outcome is PushOutcome.SENT else None
+            await PushSend.create(
+                request_id=request_id,
+                device_id=device_id,
+                outcome=outcome.value,
+                attempts=1,
+                sent_at=sent_at,
+            )
+            return
         row, _ = await PushSend.get_or_create(request_id=request_id, device_id=device_id)
         row.outcome = outcome.value
         row.attempts += 1

@@ -335,11 +335,12 @@ class PushService:
     async def _count_rejection(self, user_id: UUID, *, rejected: bool) -> bool:
         """P10: 3 consecutive denials or expiries pause push for an hour. Returns whether this
         call started a pause."""
-        fatigue, _ = await PushFatigue.get_or_create(user_id=user_id)
         if not rejected:
-            fatigue.consecutive_rejections = 0
-            await fatigue.save(update_fields=["consecutive_rejections"])
+            await PushFatigue.filter(user_id=user_id, consecutive_rejections__gt=0).update(
+                consecutive_rejections=0
+            )
             return False
+        fatigue, _ = await PushFatigue.get_or_create(user_id=user_id)
         fatigue.consecutive_rejections += 1
         started = fatigue.consecutive_rejections >= self._policy.fatigue_threshold
         if started:
