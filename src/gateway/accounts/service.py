@@ -11,6 +11,7 @@ from tortoise.exceptions import IntegrityError
 
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import Session, User
+from gateway.accounts.store import session_with_user
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import new_token, token_digest
 from gateway.core.errors import (
@@ -139,10 +140,10 @@ class AccountService:
         """A valid (known, unrevoked, unexpired) session with its user, else None."""
         if not token or len(token) > 128:
             return None
-        session = await Session.get_or_none(
-            token_hash=token_digest(token), revoked_at__isnull=True, expires_at__gt=self._clock()
-        ).select_related("user")
-        return session
+        session = await session_with_user(token_digest(token))
+        if session is None or session.revoked_at is not None:
+            return None
+        return session if session.expires_at > self._clock() else None
 
     async def still_valid(self, session_id: UUID) -> bool:
         return await Session.exists(
