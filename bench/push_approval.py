@@ -73,7 +73,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -86,7 +85,6 @@ from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import httpx
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import ClientConnection, connect
@@ -96,7 +94,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # tests.fakes.fcm, tests.ws_client
 
-from tests.fakes.fcm import FakeFcm, Receive, Scope, Send, _Server  # noqa: E402
+from tests.fakes.fcm import FakeFcm, Receive, Scope, Send  # noqa: E402
 from tests.ws_client import PROTOCOL  # noqa: E402
 
 from gateway.accounts.clients import ClientKind  # noqa: E402
@@ -212,40 +210,14 @@ class BenchFcm(FakeFcm):
         self.arrivals: dict[str, float] = {}
         self._watch: set[str] = set()
         self._all_arrived = asyncio.Event()
-        self._bench_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((ALLOWED_HOST, self.port))
+            self._port = await self._loopback.start(self.port)
         except OSError as exc:
-            sock.close()
             raise SystemExit(
                 f"the fake FCM cannot listen on {ALLOWED_HOST}:{self.port}: {exc}"
             ) from None
-        sock.listen(1024)
-        self._port = self.port
-        config = uvicorn.Config(
-            self._app,
-            lifespan="off",
-            interface="asgi3",
-            http="h11",
-            ws="none",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        server = _Server(config)
-        self._server = server
-        self._bench_task = asyncio.create_task(server.serve(sockets=[sock]))
-        self._task = self._bench_task
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({self._bench_task, ready}, timeout=STEP_SECONDS)
-        if not ready.done():
-            ready.cancel()
-            raise SystemExit("the fake FCM did not start")
 
     async def stop(self) -> None:
         await self.__aexit__(None, None, None)

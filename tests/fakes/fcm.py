@@ -24,17 +24,14 @@ timeout. `workers.adapters.fcm` refreshes tokens in a thread, so it never does.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import re
 import secrets
-import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -42,10 +39,11 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl
 
-import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.fakes.server import LoopbackServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -185,23 +183,6 @@ class TokenRequest:
     access_token: str | None
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with an event for "listening", and the process's signals left alone."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self.ready.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class _Scripts:
     once: dict[str, deque[Answer]] = field(default_factory=dict)
@@ -225,8 +206,7 @@ class FakeFcm:
         self.issued_tokens: list[str] = []
         self._answered = 0
         self._scripts = _Scripts()
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loopback = LoopbackServer(self._app, "fake FCM server")
         self._port: int | None = None
 
     # Lifecycle ---------------------------------------------------------------------------
@@ -247,32 +227,7 @@ class FakeFcm:
         return f"{self.base_url}/token"
 
     async def __aenter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1024)
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            lifespan="off",
-            interface="asgi3",
-            http="h11",
-            ws="none",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        server = _Server(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[sock]))
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            sock.close()
-            await self._task  # re-raises why uvicorn could not start
-            raise RuntimeError("the fake FCM server stopped before it started")
+        self._port = await self._loopback.start()
         return self
 
     async def __aexit__(
@@ -281,11 +236,7 @@ class FakeFcm:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-        self._server = None
-        self._task = None
+        await self._loopback.stop()
         self._port = None
 
     # Service account ---------------------------------------------------------------------

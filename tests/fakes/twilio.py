@@ -19,15 +19,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
 import re
 import secrets
-import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,7 +34,8 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
-import uvicorn
+
+from tests.fakes.server import LoopbackServer
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -123,23 +122,6 @@ def twilio_signature(auth_token: str, url: str, params: list[tuple[str, str]]) -
     return base64.b64encode(digest).decode()
 
 
-class _Server(uvicorn.Server):
-    """uvicorn's server with an event for "listening", and the process's signals left alone."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self.ready.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @dataclass
 class _Scripts:
     anyone: deque[Behaviour] = field(default_factory=deque)
@@ -158,8 +140,7 @@ class FakeTwilio:
         self._scripts = _Scripts()
         self._arrived = asyncio.Condition()
         self._release = asyncio.Event()
-        self._server: _Server | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loopback = LoopbackServer(self._app, "fake Twilio server")
         self._port: int | None = None
 
     # Lifecycle ---------------------------------------------------------------------------
@@ -171,33 +152,7 @@ class FakeTwilio:
         return f"http://127.0.0.1:{self._port}"
 
     async def __aenter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        self._port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self._app,
-            interface="asgi3",
-            lifespan="off",
-            proxy_headers=False,
-            http="h11",
-            ws="none",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
-        server = _Server(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[sock]))
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            sock.close()
-            await self._task  # re-raises why uvicorn could not start
-            raise RuntimeError("the fake Twilio server stopped before it started")
+        self._port = await self._loopback.start()
         return self
 
     async def __aexit__(
@@ -207,11 +162,7 @@ class FakeTwilio:
         tb: TracebackType | None,
     ) -> None:
         self.release()
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-        self._server = None
-        self._task = None
+        await self._loopback.stop()
         self._port = None
 
     # Scripting ---------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from gateway.container import Services
 from gateway.core import audit
 from gateway.core.errors import BadUserInput, NotFound
 from gateway.core.events import user_channel
-from gateway.core.notices import Notice, notice_job
 from gateway.core.uow import UnitOfWork
 from gateway.factors.sms.phones import mask
 
@@ -119,17 +118,14 @@ async def _reset(
     temporary = await services.temporary_passwords.expires_at(user.id) is not None
     await services.temporary_passwords.revoke(user.id)
     invalidated = await services.backup_codes.invalidate_all(user.id, work, reason=REASON)
-    was_enabled = bool(
-        await User.filter(id=user.id, two_factor_enabled=True).update(two_factor_enabled=False)
+    # To the number that was on the account: whoever asked support, the owner hears of it.
+    was_enabled = await services.security.turn_off(
+        user.id, work, reason=REASON, notify_number=removed_number
     )
-    if was_enabled:
-        await audit.record(user.id, "two_factor.disabled", detail=REASON)
     sessions = await Session.filter(user_id=user.id, revoked_at__isnull=True).update(
         revoked_at=services.clock()
     )
     await audit.record(user.id, EVENT_KIND, detail=request.detail())
-    # To the number that was on the account: whoever asked support, the owner hears of it.
-    await work.enqueue(notice_job(user.id, Notice.TWO_FACTOR_DISABLED, removed_number))
     work.signal(user_channel(user.id))
     return ResetReport(
         user_id=user.id,

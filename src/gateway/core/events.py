@@ -53,18 +53,10 @@ class EventHub:
         self._redis = redis
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(waiters) for waiters in self._waiters.values())
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._listen(), name="kanmon-event-hub")
-
-    async def wait_connected(self) -> None:
-        await self._connected.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -94,7 +86,6 @@ class EventHub:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(f"{PREFIX}*")
-                self._connected.set()
                 self._wake_all()  # anything published while we were away is re-read
                 delay = 0.05
                 async for message in pubsub.listen():
@@ -102,7 +93,6 @@ class EventHub:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):
-                self._connected.clear()
                 log.warning("event listener lost Redis; reconnecting")
             finally:
                 with contextlib.suppress(Exception):

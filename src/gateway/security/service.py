@@ -219,7 +219,7 @@ class SecurityService:
         """F1, A3: turning 2FA off invalidates the backup codes."""
         self._accounts.require_recent_auth(session)
         await lock_user(session.user.id)
-        await self._turn_off(session.user.id, work, reason="user")
+        await self.turn_off(session.user.id, work, reason="user")
         return await self.settings(session.user.id)
 
     async def new_backup_code(self, session: Session) -> IssuedBackupCode:
@@ -239,16 +239,22 @@ class SecurityService:
     async def _after_method_removed(self, user_id: UUID, work: UnitOfWork) -> bool:
         user = await User.get(id=user_id)
         if user.two_factor_enabled and not await self.primary_methods(user_id):
-            await self._turn_off(user_id, work, reason="last_method_removed")
+            await self.turn_off(user_id, work, reason="last_method_removed")
             return True
         return False
 
-    async def _turn_off(self, user_id: UUID, work: UnitOfWork, *, reason: str) -> None:
+    async def turn_off(
+        self, user_id: UUID, work: UnitOfWork, *, reason: str, notify_number: str | None = None
+    ) -> bool:
+        """F1: 2FA off, backup codes invalidated, an event, and a notice (to `notify_number`
+        when the phone that should hear of it was just removed). Returns whether it was on.
+        The caller holds the user's row lock."""
         changed = await User.filter(id=user_id, two_factor_enabled=True).update(
             two_factor_enabled=False
         )
         if not changed:
-            return
+            return False
         await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
         await audit.record(user_id, "two_factor.disabled", detail=reason)
-        await work.enqueue(notice_job(user_id, Notice.TWO_FACTOR_DISABLED))
+        await work.enqueue(notice_job(user_id, Notice.TWO_FACTOR_DISABLED, notify_number))
+        return True

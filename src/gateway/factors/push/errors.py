@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.core.errors import DomainError
+from gateway.core.errors import DomainError, InvalidCode
 
 
 class InvalidSignature(DomainError):
@@ -18,3 +18,7 @@ class MatchNumberMismatch(DomainError):
 class RequestNotPending(DomainError):
     code = "REQUEST_NOT_PENDING"
     default_message = "This login request was already answered or has expired."
+
+
+class WrongAppCode(InvalidCode):
+    default_message = "The login code is not valid."

@@ -6,7 +6,6 @@ layer's business; this module decides about devices and requests and reports wha
 
 from __future__ import annotations
 
-import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,7 +24,12 @@ from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, JobRequest
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
 from gateway.factors.push import signing
-from gateway.factors.push.errors import InvalidSignature, MatchNumberMismatch, RequestNotPending
+from gateway.factors.push.errors import (
+    InvalidSignature,
+    MatchNumberMismatch,
+    RequestNotPending,
+    WrongAppCode,
+)
 from gateway.factors.push.models import (
     Device,
     LoginRequest,
@@ -59,11 +63,6 @@ class Decision:
 
     request: LoginRequest
     paused: bool = False
-
-
-class WrongAppCode(DomainError):
-    code = "INVALID_CODE"
-    default_message = "The login code is not valid."
 
 
 def _secret_context(device_id: UUID) -> str:
@@ -376,9 +375,6 @@ class PushService:
         return await LoginRequest.filter(user_id=user_id, created_at__gte=since).order_by(
             "created_at", "id"
         )
-
-    def retry_after(self, request: LoginRequest) -> int:
-        return max(0, math.ceil((request.expires_at - self._clock()).total_seconds()))
 
 
 class AppCodeFactor:
