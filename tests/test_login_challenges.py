@@ -25,6 +25,7 @@ from gateway.app import create_app
 from gateway.container import Services
 from gateway.core.audit import SecurityEvent
 from gateway.core.code_throttle import FactorThrottle
+from gateway.core.crypto import token_digest
 from gateway.core.errors import DomainError, RateLimited
 from gateway.factors.base import TwoFactorMethod
 from gateway.login.models import ChallengeStatus, LoginChallenge
@@ -417,6 +418,21 @@ async def test_l3_per_account_throttle_answers_rate_limited_with_retry_after(
         assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
 
 
+async def test_l3_a_right_password_clears_the_accounts_earlier_wrong_ones(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """`succeeded` skips its write only when `check` saw an empty window: here it must not."""
+    services = make_services(login_failures_per_account=3)
+    async with app_client(services, random_ip()) as http:
+        await sign_up(http, username)
+        for _ in range(2):
+            for _ in range(2):
+                body = await gql(http, LOGIN, {"u": username, "p": "wrong password", "k": "WEB"})
+                assert error_of(body)["extensions"]["code"] == "INVALID_CREDENTIALS"
+            body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+            assert body["data"]["login"]["__typename"] == "Session"
+
+
 async def test_l3_per_ip_throttle_answers_rate_limited(
     make_services: Callable[..., Services], username: str
 ) -> None:
@@ -464,6 +480,41 @@ async def test_l5_a_completed_challenge_cannot_be_completed_again(
     assert (row.status, row.wrong_attempts) == (ChallengeStatus.COMPLETED, 0)
     fresh = await open_challenge(http, username)
     assert outcome(await verify(http, fresh, "BACKUP_CODE", account.backup_code)) == SESSION
+
+
+async def test_l5_f3_a_completed_challenge_writes_its_session_and_events_together(
+    clocked: Clocked, username: str
+) -> None:
+    """The success path writes the challenge, the security events and the session in one
+    statement on PostgreSQL: each of them must still carry what the ORM used to write."""
+    http, clock = clocked.http, clocked.clock
+    account = await graphql_account(http, username, clock)
+    challenge = await open_challenge(http, username, kind="MOBILE_WEB")
+    clock.advance(30)
+    before = await SecurityEvent.filter(user_id=account.user_id).order_by("-id").first()
+    assert before is not None
+
+    body = await verify(http, challenge, "BACKUP_CODE", account.backup_code)
+
+    token = body["data"]["verifyLoginChallenge"]["token"]
+    row = await Session.get(token_hash=token_digest(token))
+    assert row.user_id == account.user_id  # type: ignore[attr-defined]
+    assert (row.client_kind, row.revoked_at) == (ClientKind.MOBILE_WEB, None)
+    assert row.password_verified_at == clock.now
+    assert row.created_at == clock.now
+    assert row.expires_at > clock.now
+    viewer = (await data(http, SETTINGS, token=token))["viewer"]
+    assert UUID(viewer["id"]) == account.user_id
+    spent = await LoginChallenge.get(id=challenge["id"])
+    assert (spent.status, spent.completed_at) == (ChallengeStatus.COMPLETED, clock.now)
+    events = await SecurityEvent.filter(user_id=account.user_id, id__gt=before.id).order_by("id")
+    assert [(e.kind, e.detail) for e in events] == [
+        ("login.succeeded", "BACKUP_CODE"),
+        ("backup_code.used", None),
+    ]
+    assert all(e.created_at == clock.now for e in events)
+    again = await verify(http, challenge, "TOTP", totp_at(account.secret, clock.now))
+    assert outcome(again) == "CHALLENGE_CLOSED"
 
 
 async def test_l5_concurrent_totp_verifications_of_one_challenge_give_one_session(

@@ -31,6 +31,7 @@ from gateway.core.outbox import OutboxMessage
 from gateway.factors.sms import phones
 from gateway.factors.sms.delivery import purge_expired_codes
 from gateway.factors.sms.models import Phone, SmsAttempt, SmsCode, SmsMessage, SmsStatus
+from gateway.factors.summary import method_summary
 from gateway.login.service import ChallengeView
 from gateway.settings import Settings, SmsProviderName
 from tests.conftest import MovableClock, run_worker
@@ -345,7 +346,7 @@ async def test_s3_unsubscribed_recipient_stops_at_once_and_pauses_sms_to_that_nu
     assert phone.sms_paused
     # S5: login then falls back to the other methods.
     assert await services.sms.sms_ready_number(user.id) is None
-    assert not await services.sms.offered(user.id, ClientKind.WEB)
+    assert not services.sms.offered(await method_summary(user.id), ClientKind.WEB)
 
 
 async def test_s3_fallback_provider_delivers_when_the_primary_is_down(

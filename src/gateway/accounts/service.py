@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from tortoise.exceptions import IntegrityError
 
@@ -68,19 +68,27 @@ class PasswordGuard:
         self._per_ip = per_ip
         self._window = window
 
-    async def check(self, account_key: str, ip_address: str | None) -> None:
-        wait = await self._counter.blocked_for(f"pw:acct:{account_key}", self._per_account)
+    async def check(self, account_key: str, ip_address: str | None) -> int:
+        """Raises RATE_LIMITED while either window is full; else the account's recent wrong
+        passwords, which `succeeded` needs to know whether there is anything to clear."""
+        windows = [(f"pw:acct:{account_key}", self._per_account)]
         if ip_address:
-            wait = max(wait, await self._counter.blocked_for(f"pw:ip:{ip_address}", self._per_ip))
+            windows.append((f"pw:ip:{ip_address}", self._per_ip))
+        wait, counts = await self._counter.blocked_for(windows)
         if wait:
             raise RateLimited(wait)
+        return counts[0]
 
     async def failed(self, account_key: str, ip_address: str | None) -> None:
         await self._counter.add(f"pw:acct:{account_key}", self._window)
         if ip_address:
             await self._counter.add(f"pw:ip:{ip_address}", self._window)
 
-    async def succeeded(self, account_key: str) -> None:
+    async def succeeded(self, account_key: str, seen_failures: int | None = None) -> None:
+        """Clears the account's window; skipped when `check` saw it empty (a failure counted
+        since then is left standing, which only errs on the side of the throttle)."""
+        if seen_failures == 0:
+            return
         await self._counter.clear(f"pw:acct:{account_key}")
 
 
@@ -123,18 +131,29 @@ class AccountService:
         self, user_id: UUID, client: Client, *, password_proved: bool
     ) -> IssuedSession:
         """A2: an opaque random bearer token, stored only as its hash."""
+        row, issued = self.new_session(user_id, client, password_proved=password_proved)
+        await row.save()
+        return issued
+
+    def new_session(
+        self, user_id: UUID, client: Client, *, password_proved: bool
+    ) -> tuple[Session, IssuedSession]:
+        """The unsaved row and the answer, for callers that write the row together with other
+        changes (one round trip at the end of a login)."""
         now = self._clock()
         token = new_token()
         expires_at = now + self._session_ttl
-        await Session.create(
+        row = Session(
+            id=uuid4(),
             user_id=user_id,
             token_hash=token_digest(token),
             client_kind=client.kind,
             client_name=client.name,
             password_verified_at=now if password_proved else None,
+            created_at=now,
             expires_at=expires_at,
         )
-        return IssuedSession(token=token, expires_at=expires_at, client_kind=client.kind)
+        return row, IssuedSession(token=token, expires_at=expires_at, client_kind=client.kind)
 
     async def session_for_token(self, token: str) -> Session | None:
         """A valid (known, unrevoked, unexpired) session with its user, else None."""

@@ -6,9 +6,9 @@ from typing import Any
 from uuid import UUID
 
 from tortoise import connections
-from tortoise.models import Model
 
 from gateway.accounts.models import Session, User
+from gateway.core import sql
 
 
 async def lock_user(user_id: UUID) -> User:
@@ -17,19 +17,15 @@ async def lock_user(user_id: UUID) -> User:
     return await User.select_for_update().get(id=user_id)
 
 
-def _columns(model: type[Model]) -> list[str]:
-    return list(model._meta.fields_db_projection.values())
-
-
-_SESSION_COLUMNS = _columns(Session)
-_USER_COLUMNS = _columns(User)
 # Built once from the models' own column names; the token digest is a bound parameter.
-_SESSION_WITH_USER = (
-    "SELECT "  # noqa: S608
-    + ", ".join(f's."{c}" AS "s_{c}"' for c in _SESSION_COLUMNS)
-    + ", "
-    + ", ".join(f'u."{c}" AS "u_{c}"' for c in _USER_COLUMNS)
-    + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {p}'
+_SESSION_WITH_USER = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(Session, "s", "s_")
+        + ", "
+        + sql.select_list(User, "u", "u_")
+        + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {p}'
+    )
 )
 
 
@@ -40,12 +36,12 @@ async def session_with_user(token_hash: str) -> Session | None:
     connection = connections.get("default")
     placeholder = "$1" if connection.capabilities.dialect == "postgres" else "?"
     rows = await connection.execute_query_dict(
-        _SESSION_WITH_USER.format(p=placeholder), [token_hash]
+        _SESSION_WITH_USER().format(p=placeholder), [token_hash]
     )
     if not rows:
         return None
     row: dict[str, Any] = rows[0]
-    session = Session._init_from_db(**{c: row[f"s_{c}"] for c in _SESSION_COLUMNS})
-    user = User._init_from_db(**{c: row[f"u_{c}"] for c in _USER_COLUMNS})
+    session = sql.to_model(Session, row, "s_")
+    user = sql.to_model(User, row, "u_")
     object.__setattr__(session, "_user", user)
     return session

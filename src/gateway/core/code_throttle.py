@@ -11,6 +11,7 @@ from uuid import UUID
 from tortoise import fields
 from tortoise.models import Model
 
+from gateway.core import sql
 from gateway.core.errors import RateLimited
 from gateway.core.throttle import backoff_seconds
 
@@ -27,10 +28,20 @@ class FactorThrottle(Model):
         unique_together = (("user_id", "method"),)
 
 
+_COUNTER = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(FactorThrottle, "t")
+        + ' FROM "factor_throttles" t WHERE t."user_id" = {0} AND t."method" = {1}'
+    )
+)
+
+
 async def check(user_id: UUID, method: str, now: datetime) -> FactorThrottle | None:
     """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs; returns the
     counter row (if any) for `failed` and `succeeded`, saving them a read."""
-    row = await FactorThrottle.get_or_none(user_id=user_id, method=method)
+    found = await sql.fetch_models(FactorThrottle, _COUNTER(), [user_id, method])
+    row = found[0] if found else None
     if row is not None and row.blocked_until is not None and row.blocked_until > now:
         raise RateLimited(math.ceil((row.blocked_until - now).total_seconds()))
     return row

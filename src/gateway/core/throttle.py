@@ -48,14 +48,16 @@ class WindowCounter:
         self._redis = redis
         self._prefix = prefix
 
-    async def blocked_for(self, key: str, limit: int) -> int:
-        """Seconds until `key` may try again, or 0 when it is under its limit."""
-        full_key = f"{self._prefix}:{key}"
-        count = await self._redis.get(full_key)
-        if count is None or int(count) < limit:
-            return 0
-        ttl = await self._redis.ttl(full_key)
-        return max(int(ttl), 1)
+    async def blocked_for(self, windows: list[tuple[str, int]]) -> tuple[int, list[int]]:
+        """For (key, limit) pairs: the seconds until every key is under its limit (0 when all
+        are already), and each key's count. One round trip unless a window is full."""
+        full_keys = [f"{self._prefix}:{key}" for key, _ in windows]
+        counts = [int(raw or 0) for raw in await self._redis.mget(full_keys)]
+        wait = 0
+        for full_key, (_, limit), count in zip(full_keys, windows, counts, strict=True):
+            if count >= limit:
+                wait = max(wait, int(await self._redis.ttl(full_key)), 1)
+        return wait, counts
 
     async def add(self, key: str, window_seconds: int) -> None:
         full_key = f"{self._prefix}:{key}"

@@ -10,6 +10,7 @@ from uuid import UUID
 from gateway.accounts.clients import ClientKind
 from gateway.core.errors import DomainError
 from gateway.core.uow import UnitOfWork
+from gateway.factors.summary import MethodSummary
 
 
 class TwoFactorMethod(StrEnum):
@@ -61,8 +62,9 @@ class CodeFactor(Protocol):
 
     method: TwoFactorMethod
 
-    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
-        """Whether a challenge for this client can be completed with this factor now."""
+    def offered(self, summary: MethodSummary, client: ClientKind) -> bool:
+        """Whether a challenge for this client can be completed with this factor now (decided
+        from the summary every login reads anyway, so offering costs no query)."""
         ...
 
     def client_refusal(self, client: ClientKind) -> DomainError | None:

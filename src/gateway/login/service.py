@@ -36,7 +36,9 @@ from gateway.factors.base import (
 )
 from gateway.factors.push.service import PushService
 from gateway.factors.sms.service import SmsService
+from gateway.factors.summary import MethodSummary
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
+from gateway.login import store
 from gateway.login.models import ChallengeStatus, LoginChallenge
 
 MAX_WRONG_CODES = 5
@@ -98,17 +100,18 @@ class LoginService:
         if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
             raise BadUserInput("Username or password too long.")
         key = username.casefold()
-        await self._accounts.guard.check(key, client.ip_address)
-        user = await self._accounts.find_user(username)
+        seen_failures = await self._accounts.guard.check(key, client.ip_address)
+        candidate = await store.login_candidate(key)
+        user, summary = candidate if candidate else (None, None)
         password_ok = await self._accounts.passwords.verify(
             user.password_hash if user else None, password
         )
-        if user is None:
+        if user is None or summary is None:
             await self._accounts.guard.failed(key, client.ip_address)
             return Outcome(error=InvalidCredentials())
         if not password_ok:
             if await self._temporary.consume(user.id, password):
-                await self._accounts.guard.succeeded(key)
+                await self._accounts.guard.succeeded(key, seen_failures)
                 await audit.record(
                     user.id,
                     "login.succeeded",
@@ -123,31 +126,33 @@ class LoginService:
                 user.id, "login.failed", detail="password", ip_address=client.ip_address
             )
             return Outcome(error=InvalidCredentials())
-        await self._accounts.guard.succeeded(key)
+        await self._accounts.guard.succeeded(key, seen_failures)
         if not user.two_factor_enabled:
             await audit.record(
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address
             )
             session = await self._accounts.issue_session(user.id, client, password_proved=True)
             return Outcome(value=session)
-        return Outcome(value=await self._open_challenge(user.id, client, work))
+        return Outcome(value=await self._open_challenge(user.id, summary, client, work))
 
     async def _open_challenge(
-        self, user_id: UUID, client: Client, work: UnitOfWork
+        self, user_id: UUID, summary: MethodSummary, client: Client, work: UnitOfWork
     ) -> ChallengeView:
         """L2: an id and a secret token for the waiting client, listing the methods it can use."""
         methods = [
             method
             for method in METHOD_ORDER
-            if method in self._factors and await self._factors[method].offered(user_id, client.kind)
+            if method in self._factors and self._factors[method].offered(summary, client.kind)
         ]
         token = new_token()
         expires_at = self._clock() + self._ttl
         challenge_id = uuid4()
         # L4: push first: a login request for every pushable device...
-        request = await self._push.open_request(
-            user_id, challenge_id, expires_at, client.name, client.ip_address, work
-        )
+        request = None
+        if summary.devices:
+            request = await self._push.open_request(
+                user_id, challenge_id, expires_at, client.name, client.ip_address, work
+            )
         if request is not None:
             methods = [m for m in METHOD_ORDER if m in methods or m is TwoFactorMethod.PUSH]
         challenge = await LoginChallenge.create(
@@ -210,7 +215,7 @@ class LoginService:
         await lock_user(found.user_id)
         challenge = await LoginChallenge.select_for_update().get(id=found.id)
         self._check_open(challenge, self._clock())
-        if not await self._sms.offered(challenge.user_id, challenge.client_kind):
+        if await self._sms.sms_ready_number(challenge.user_id) is None:
             raise MethodNotAvailable("This account has no phone that can receive SMS.")
         if TwoFactorMethod.SMS.value not in challenge.methods:
             challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)
@@ -234,9 +239,7 @@ class LoginService:
         reported."""
         if len(code) > MAX_CODE_LENGTH:
             raise BadUserInput("The code is too long.")
-        found = await self.find_challenge(challenge_id, token)
-        await lock_user(found.user_id)
-        challenge = await LoginChallenge.select_for_update().get(id=found.id)
+        challenge = await self._lock_challenge(challenge_id, token)
         now = self._clock()
         self._check_open(challenge, now)
         factor = self._factors.get(method)
@@ -260,21 +263,26 @@ class LoginService:
             return Outcome(error=error)
         await throttle.succeeded(counter)
         CHALLENGE_OUTCOMES.labels(method.value, "success").inc()
-        await LoginChallenge.filter(id=challenge.id).update(
-            status=ChallengeStatus.COMPLETED, completed_at=now
-        )
         await self._close_push_request(challenge, work)
-        work.signal(challenge_channel(challenge.id))
-        await audit.record(
-            challenge.user_id, "login.succeeded", detail=method.value, ip_address=ip_address
-        )
+        events: list[tuple[str, str | None]] = [("login.succeeded", method.value)]
         if method is TwoFactorMethod.BACKUP_CODE:
-            await audit.record(challenge.user_id, "backup_code.used", ip_address=ip_address)
+            events.append(("backup_code.used", None))
         client = Client(challenge.client_kind, challenge.client_name, ip_address)
-        session = await self._accounts.issue_session(
-            challenge.user_id, client, password_proved=True
-        )
+        row, session = self._accounts.new_session(challenge.user_id, client, password_proved=True)
+        await store.complete(challenge, now, events, ip_address, row)
+        work.signal(challenge_channel(challenge.id))
         return Outcome(value=session)
+
+    async def _lock_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
+        """`find_challenge` and the locks of user and challenge in one round trip. A wrong token
+        holds the locks only until its NOT_FOUND rolls the transaction back."""
+        parsed = parse_id(challenge_id)
+        if len(token) > 128:
+            raise NotFound()
+        challenge = await store.lock_challenge(parsed)
+        if challenge is None or not same_digest(challenge.token_hash, token_digest(token)):
+            raise NotFound()
+        return challenge
 
     async def _close_push_request(self, challenge: LoginChallenge, work: UnitOfWork) -> None:
         if TwoFactorMethod.PUSH.value in challenge.methods:

@@ -20,12 +20,12 @@ from gateway.factors.base import METHOD_ORDER, PRIMARY_METHODS, TwoFactorMethod
 from gateway.factors.push.models import Device, Platform
 from gateway.factors.push.service import Enrollment, PushService
 from gateway.factors.sms.service import PhoneView, SmsService, phone_view
+from gateway.factors.summary import MethodSummary, method_summary
 from gateway.factors.temporary_passwords.service import (
     IssuedTemporaryPassword,
     TemporaryPasswordService,
 )
 from gateway.factors.totp.service import TotpEnrollment, TotpService
-from gateway.security.store import MethodSummary, method_summary
 
 
 class SettingsView:

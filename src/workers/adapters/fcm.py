@@ -39,6 +39,7 @@ from os import PathLike
 from typing import Any, Self
 
 import firebase_admin
+import httpx
 from firebase_admin import credentials, exceptions, messaging
 from google.auth import exceptions as google_auth_exceptions
 from google.auth.transport import requests as google_auth_requests
@@ -106,7 +107,9 @@ def _configure_messaging_service(
         service._fcm_url = fcm_send_url(endpoint, project_id)
     client = _http_client.HttpxAsyncClient(
         credential=app.credential.get_credential(),
-        timeout=timeout_seconds,
+        # A batch is up to 500 requests at once over a bounded pool: the timeout runs from
+        # when a request goes out, not while it waits its turn for a connection.
+        timeout=httpx.Timeout(timeout_seconds, pool=None),
         retry_config=_retry.HttpxRetry(
             max_retries=transport_retries,
             status_forcelist=list(LIBRARY_RETRY_STATUSES),

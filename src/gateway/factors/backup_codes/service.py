@@ -22,6 +22,7 @@ from gateway.factors.backup_codes.errors import (
 )
 from gateway.factors.backup_codes.models import BackupCode, BackupCodeStatus
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
+from gateway.factors.summary import MethodSummary
 
 MAX_ACTIVE = 5
 
@@ -60,8 +61,8 @@ class BackupCodeService:
     async def active_count(self, user_id: UUID) -> int:
         return await BackupCode.filter(user_id=user_id, status=BackupCodeStatus.ACTIVE).count()
 
-    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
-        return client is not ClientKind.THIRD_PARTY and await self.active_count(user_id) > 0
+    def offered(self, summary: MethodSummary, client: ClientKind) -> bool:
+        return client is not ClientKind.THIRD_PARTY and summary.backup_codes_active > 0
 
     def client_refusal(self, client: ClientKind) -> DomainError | None:
         """L7, H7: third-party apps use a temporary password instead."""

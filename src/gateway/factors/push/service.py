@@ -37,6 +37,7 @@ from gateway.factors.push.models import (
     Platform,
     PushFatigue,
 )
+from gateway.factors.summary import MethodSummary
 
 MAX_NAME = 64
 MAX_TOKEN = 4096
@@ -385,8 +386,8 @@ class AppCodeFactor:
     def __init__(self, push: PushService) -> None:
         self._push = push
 
-    async def offered(self, user_id: UUID, client: object) -> bool:
-        return await Device.exists(user_id=user_id)
+    def offered(self, summary: MethodSummary, client: object) -> bool:
+        return summary.devices
 
     def client_refusal(self, client: object) -> DomainError | None:
         return None

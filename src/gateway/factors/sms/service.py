@@ -22,6 +22,7 @@ from gateway.factors.sms.errors import NoPendingPhone, SmsNotAvailable, WrongSms
 from gateway.factors.sms.limits import SendGuard
 from gateway.factors.sms.models import Phone, SmsCode, SmsCodePurpose, SmsMessage
 from gateway.factors.sms.phones import InvalidPhoneNumber
+from gateway.factors.summary import MethodSummary
 
 MAX_CARRIER = 64
 
@@ -147,8 +148,8 @@ class SmsService:
 
     # The factor (L5, S2) -----------------------------------------------------------------
 
-    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
-        return await self.sms_ready_number(user_id) is not None
+    def offered(self, summary: MethodSummary, client: ClientKind) -> bool:
+        return summary.sms_ready
 
     def client_refusal(self, client: ClientKind) -> DomainError | None:
         return None

@@ -6,15 +6,28 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from gateway.accounts.clients import ClientKind
-from gateway.core import otp
+from gateway.core import otp, sql
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.errors import DomainError
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
+from gateway.factors.summary import MethodSummary
 from gateway.factors.totp.errors import TotpNotPending, WrongTotpCode
 from gateway.factors.totp.models import TotpCredential
 
 ISSUER = "Kanmon"
+
+# T2's hot path, on every TOTP login: written once (see gateway.core.sql).
+_ACTIVE_CREDENTIAL = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(TotpCredential, "t")
+        + ' FROM "totp_credentials" t WHERE t."user_id" = {0} AND t."secret_encrypted" IS NOT NULL'
+    )
+)
+_CLAIM_STEP = (
+    'UPDATE "totp_credentials" SET "last_step" = {0} WHERE "id" = {1} AND "last_step" < {2}'
+)
 
 
 def _context(user_id: UUID) -> str:
@@ -63,14 +76,11 @@ class TotpService:
         credential.confirmed_at = self._clock()
         await credential.save()
 
-    async def enabled(self, user_id: UUID) -> bool:
-        return await TotpCredential.exists(user_id=user_id, secret_encrypted__isnull=False)
-
     async def remove(self, user_id: UUID) -> bool:
         return await TotpCredential.filter(user_id=user_id).delete() > 0
 
-    async def offered(self, user_id: UUID, client: ClientKind) -> bool:
-        return await self.enabled(user_id)
+    def offered(self, summary: MethodSummary, client: ClientKind) -> bool:
+        return summary.totp
 
     def client_refusal(self, client: ClientKind) -> DomainError | None:
         return None
@@ -80,18 +90,15 @@ class TotpService:
         return await self.verify_code(attempt.user_id, attempt.code)
 
     async def verify_code(self, user_id: UUID, code: str) -> Verdict:
-        credential = await TotpCredential.get_or_none(
-            user_id=user_id, secret_encrypted__isnull=False
-        )
+        found = await sql.fetch_models(TotpCredential, _ACTIVE_CREDENTIAL(), [user_id])
+        credential = found[0] if found else None
         if credential is None or credential.secret_encrypted is None:
             return Verdict(accepted=False, error=WrongTotpCode())
         secret = self._box.decrypt(credential.secret_encrypted, context=_context(user_id))
         step = otp.matching_step(secret, code, self._clock(), after_step=credential.last_step)
         if step is None:
             return Verdict(accepted=False, error=WrongTotpCode())
-        claimed = await TotpCredential.filter(id=credential.id, last_step__lt=step).update(
-            last_step=step
-        )
+        claimed = await sql.execute(_CLAIM_STEP, [step, credential.id, step])
         if claimed != 1:
             return Verdict(accepted=False, error=WrongTotpCode())
         if self._box.needs_rotation(credential.secret_encrypted):

@@ -1,0 +1,112 @@
+"""The queries of a code check (L2, L5), folded into as few round trips as the rules allow."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from uuid import UUID
+
+from gateway.accounts.models import Session, User
+from gateway.core import audit, sql
+from gateway.factors.summary import MethodSummary, summary_columns, summary_from_row
+from gateway.login.models import ChallengeStatus, LoginChallenge
+
+# Users before challenges, as `lock_user` and then a challenge lock elsewhere: PostgreSQL
+# locks the rows of a joined FOR UPDATE in the order of the FROM list.
+_LOCKED_CHALLENGE = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(LoginChallenge, "c")
+        + ' FROM "users" u JOIN "login_challenges" c ON c."user_id" = u."id" WHERE c."id" = {0}'
+    )
+)
+
+_COMPLETE = sql.statement(
+    lambda: (
+        "WITH done AS ("  # noqa: S608
+        ' UPDATE "login_challenges" SET "status" = $2, "completed_at" = $3 WHERE "id" = $1'
+        "), events AS ("
+        ' INSERT INTO "security_events" ("user_id", "kind", "detail", "ip_address", "created_at")'
+        " SELECT $4::uuid, e.kind, e.detail, $5::text, $3::timestamptz"
+        " FROM unnest($6::text[], $7::text[]) WITH ORDINALITY AS e(kind, detail, n) ORDER BY e.n"
+        ') INSERT INTO "sessions" ('
+        + ", ".join(f'"{c}"' for c in sql.columns(Session))
+        + ") VALUES ("
+        + ", ".join(f"${n}" for n in range(8, 8 + len(sql.columns(Session))))
+        + ")"
+    )
+)
+
+
+_CANDIDATE = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(User, "u", "u_")
+        + ", "
+        + summary_columns('u."id"')
+        + ' FROM "users" u WHERE u."username_key" = {0}'
+    )
+)
+
+
+async def login_candidate(username_key: str) -> tuple[User, MethodSummary] | None:
+    """The user a login names and what it has enrolled (L2's methods), in one round trip."""
+    found = await sql.fetch_rows(_CANDIDATE(), [username_key])
+    if not found:
+        return None
+    user = sql.to_model(User, found[0], "u_")
+    return user, summary_from_row(user.two_factor_enabled, found[0])
+
+
+async def lock_challenge(challenge_id: UUID) -> LoginChallenge | None:
+    """The challenge as it is now, with its user's row and its own row locked for the rest of
+    the transaction, in one round trip (SQLite serialises writers instead)."""
+    connection = sql.default_connection()
+    statement = _LOCKED_CHALLENGE() + (" FOR UPDATE" if sql.is_postgres(connection) else "")
+    found = await sql.fetch_models(LoginChallenge, statement, [challenge_id])
+    return found[0] if found else None
+
+
+async def complete(
+    challenge: LoginChallenge,
+    now: datetime,
+    events: Sequence[tuple[str, str | None]],
+    ip_address: str | None,
+    session: Session,
+) -> None:
+    """L5: the challenge is spent, the security events are recorded and the one session is
+    written, in one statement on PostgreSQL. The caller holds the challenge's row lock."""
+    connection = sql.default_connection()
+    if not sql.is_postgres(connection):
+        await LoginChallenge.filter(id=challenge.id).update(
+            status=ChallengeStatus.COMPLETED, completed_at=now
+        )
+        for kind, detail in events:
+            await audit.SecurityEvent.create(
+                user_id=challenge.user_id,
+                kind=kind,
+                detail=detail,
+                ip_address=ip_address,
+                created_at=now,
+            )
+        await session.save()
+        return
+    session_values = [
+        getattr(session, field)
+        for field in (
+            session._meta.fields_db_projection_reverse[column] for column in sql.columns(Session)
+        )
+    ]
+    await connection.execute_query(
+        _COMPLETE(),
+        [
+            challenge.id,
+            ChallengeStatus.COMPLETED.value,
+            now,
+            challenge.user_id,
+            ip_address,
+            [kind for kind, _ in events],
+            [detail for _, detail in events],
+            *session_values,
+        ],
+    )
