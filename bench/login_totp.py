@@ -53,7 +53,9 @@ from gateway.container import Services, build_services, connect_redis
 from gateway.core import otp
 from gateway.core.db import close_database, open_database
 from gateway.core.passwords import Passwords
+from gateway.core.uow import UnitOfWork
 from gateway.factors.base import TwoFactorMethod
+from gateway.factors.summary import method_summary
 from gateway.factors.totp.models import TotpCredential
 from gateway.factors.totp.service import _context as totp_context
 from gateway.login.service import ChallengeView
@@ -395,9 +397,14 @@ async def prepare(
             raise SystemExit(f"setup: {sample.username} did not get a TOTP challenge: {view}")
 
     checks = rest[:check_pool]
-    open_challenge = services.login._open_challenge
+
+    async def open_challenge(user_id: UUID, work: UnitOfWork) -> ChallengeView:
+        """What `login` runs after the password check (no argon2)."""
+        summary = await method_summary(user_id)
+        return await services.login._open_challenge(user_id, summary, client, work)
+
     views = await bounded_gather(
-        [in_unit_of_work(services, open_challenge, a.user_id, client) for a in checks],
+        [in_unit_of_work(services, open_challenge, a.user_id) for a in checks],
         SETUP_PARALLELISM,
     )
     for account, view in zip(checks, views, strict=True):

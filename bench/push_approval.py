@@ -106,6 +106,7 @@ from gateway.core.crypto import new_token, token_digest  # noqa: E402
 from gateway.core.db import close_database, open_database  # noqa: E402
 from gateway.core.passwords import Passwords  # noqa: E402
 from gateway.factors.push.models import Device, LoginRequest, Platform  # noqa: E402
+from gateway.factors.summary import method_summary  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 
 PASSWORD = "bench horse battery staple"
@@ -723,12 +724,12 @@ async def burst_phase(
 ) -> dict[str, Any]:
     """Challenges (and their requests and fan-out jobs) for `users`, in one unit of work."""
     client = Client(ClientKind.WEB, "bench-burst", ALLOWED_HOST)
-    open_challenge = services.login._open_challenge
     began = time.perf_counter()
     challenge_ids: list[UUID] = []
     async with services.uow() as work:
         for user in users:
-            view = await open_challenge(user.user_id, client, work)
+            summary = await method_summary(user.user_id)
+            view = await services.login._open_challenge(user.user_id, summary, client, work)
             challenge_ids.append(view.id)
         written = time.perf_counter()  # then commit, then the relay to arq
         worker_cpu = cpu_seconds(worker_pid)

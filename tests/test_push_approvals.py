@@ -20,7 +20,7 @@ from gateway.container import Services
 from gateway.core.audit import SecurityEvent
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH
 from gateway.core.outbox import OutboxMessage
-from gateway.factors.push.models import LoginRequest, LoginRequestStatus
+from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus
 from gateway.factors.sms.models import SmsCode, SmsCodePurpose
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from tests.conftest import MovableClock
@@ -181,8 +181,13 @@ async def test_p4_p5_a_signed_approval_with_the_number_lets_the_waiting_client_c
     row = await request_row(challenge)
     assert row.status is LoginRequestStatus.APPROVED
     assert row.decided_by == UUID(account.app.device_id)
+    assert row.decided_at is not None
     assert (await challenge_view(client, challenge))["status"] == "APPROVED"
-    assert "login_request.approved" in await event_kinds(account.user_id)
+    # Written in the same statement as the decision (gateway.factors.push.store).
+    [event] = await SecurityEvent.filter(user_id=account.user_id, kind="login_request.approved")
+    assert (event.ip_address, event.created_at) == (row.ip_address, row.decided_at)
+    device = await Device.get(id=UUID(account.app.device_id))
+    assert device.last_seen_at == row.decided_at
     assert await sessions_of(account.user_id) == sessions  # no session until completion
 
     body = await complete(client, challenge)

@@ -51,7 +51,7 @@ class PushApprovals:
     ) -> Outcome[LoginRequest]:
         """P4, P6: the request and its challenge change together, or not at all."""
         device = await self._push.app_device(session)
-        await lock_user(device.user_id)
+        # `decide` locks the user's row first, then the request's, then this moves the challenge.
         decision, error = await self._push.decide(
             device, request_id, signature, approve, match_number, work
         )

@@ -23,7 +23,7 @@ from gateway.core.events import challenge_channel, user_channel
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, JobRequest
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
-from gateway.factors.push import signing
+from gateway.factors.push import signing, store
 from gateway.factors.push.errors import (
     InvalidSignature,
     MatchNumberMismatch,
@@ -236,14 +236,13 @@ class PushService:
         work: UnitOfWork,
     ) -> tuple[Decision | None, DomainError | None]:
         """P4, P6: the signature over the exact message, the request's state and expiry, and
-        the number match, then one conditional update: one decision wins."""
+        the number match, then one conditional update: one decision wins. Takes the user's row
+        lock (with the request's) for the caller's transaction."""
         try:
             parsed = UUID(request_id)
         except ValueError as exc:
             raise BadUserInput("Malformed id.") from exc
-        request = await LoginRequest.select_for_update().get_or_none(
-            id=parsed, user_id=device.user_id
-        )
+        request = await store.lock_request(parsed, device.user_id)
         if request is None:
             raise NotFound()
         # The signed message names a number only when the request asked for one (API.md).
@@ -263,19 +262,15 @@ class PushService:
         if approve and request.match_number is not None and match_number != request.match_number:
             return await self._wrong_match(device, request, work)
         status = LoginRequestStatus.APPROVED if approve else LoginRequestStatus.DENIED
-        changed = await LoginRequest.filter(
-            id=request.id, status=LoginRequestStatus.PENDING
-        ).update(status=status, decided_at=now, decided_by=device.id)
-        if changed != 1:
+        kind = "login_request.approved" if approve else "login_request.denied"
+        if not await store.record_decision(request, status, device, now, kind):
             raise RequestNotPending()
-        await Device.filter(id=device.id).update(last_seen_at=now)
         request.status = status
         request.decided_at = now
         work.signal(user_channel(request.user_id))
         work.signal(challenge_channel(request.challenge_id))
-        kind = "login_request.approved" if approve else "login_request.denied"
-        await audit.record(request.user_id, kind, ip_address=request.ip_address)
-        paused = await self._count_rejection(request.user_id, rejected=not approve)
+        # An approval ended any run of rejections in `record_decision`; a denial counts.
+        paused = False if approve else await self._count_rejection(request.user_id)
         return Decision(request, paused), None
 
     async def _wrong_match(
@@ -297,7 +292,7 @@ class PushService:
         work.signal(user_channel(request.user_id))
         work.signal(challenge_channel(request.challenge_id))
         await audit.record(request.user_id, "login_request.denied", detail="match_number")
-        paused = await self._count_rejection(request.user_id, rejected=True)
+        paused = await self._count_rejection(request.user_id)
         return Decision(request, paused), MatchNumberMismatch(
             "That is not the number shown on the login page; the request is now denied."
         )
@@ -328,18 +323,13 @@ class PushService:
                 request.status = LoginRequestStatus.EXPIRED
                 work.signal(user_channel(request.user_id))
                 work.signal(challenge_channel(request.challenge_id))
-                paused = await self._count_rejection(request.user_id, rejected=True)
+                paused = await self._count_rejection(request.user_id)
                 expired.append(Decision(request, paused))
         return expired
 
-    async def _count_rejection(self, user_id: UUID, *, rejected: bool) -> bool:
-        """P10: 3 consecutive denials or expiries pause push for an hour. Returns whether this
-        call started a pause."""
-        if not rejected:
-            await PushFatigue.filter(user_id=user_id, consecutive_rejections__gt=0).update(
-                consecutive_rejections=0
-            )
-            return False
+    async def _count_rejection(self, user_id: UUID) -> bool:
+        """P10: 3 consecutive denials or expiries pause push for an hour (an approval resets the
+        run, in `store.record_decision`). Returns whether this call started a pause."""
         fatigue, _ = await PushFatigue.get_or_create(user_id=user_id)
         fatigue.consecutive_rejections += 1
         started = fatigue.consecutive_rejections >= self._policy.fatigue_threshold

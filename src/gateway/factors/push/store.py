@@ -1,0 +1,92 @@
+"""The queries of an approval or a denial (P4, P6), folded into as few round trips as the rules
+allow: every waiting web client is held up by them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from gateway.core import audit, sql
+from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushFatigue
+
+# Users before requests, as `lock_user` and then a request lock elsewhere: PostgreSQL locks
+# the rows of a joined FOR UPDATE in the order of the FROM list.
+_LOCKED_REQUEST = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(LoginRequest, "r")
+        + ' FROM "users" u JOIN "login_requests" r ON r."user_id" = u."id"'
+        + ' WHERE r."id" = {0} AND r."user_id" = {1}'
+    )
+)
+
+# The decision only if the request is still pending (one decision wins); the rest only if it
+# did. The fatigue reset ($8) is for approvals: a denial counts instead.
+_DECIDE = """
+WITH decided AS (
+  UPDATE "login_requests" SET "status" = $2, "decided_at" = $3, "decided_by" = $4
+  WHERE "id" = $1 AND "status" = 'PENDING' RETURNING "id"
+), seen AS (
+  UPDATE "devices" SET "last_seen_at" = $3
+  WHERE "id" = $4 AND EXISTS (SELECT 1 FROM decided)
+), event AS (
+  INSERT INTO "security_events" ("user_id", "kind", "ip_address", "created_at")
+  SELECT $5::uuid, $6::text, $7::text, $3::timestamptz FROM decided
+), calm AS (
+  UPDATE "push_fatigue" SET "consecutive_rejections" = 0
+  WHERE "user_id" = $5 AND "consecutive_rejections" > 0 AND $8::boolean
+    AND EXISTS (SELECT 1 FROM decided)
+)
+SELECT COUNT(*) AS won FROM decided
+"""
+
+
+async def lock_request(request_id: UUID, user_id: UUID) -> LoginRequest | None:
+    """The user's request as it is now, with the user's row and the request's locked for the
+    rest of the transaction, in one round trip (SQLite serialises writers instead)."""
+    connection = sql.default_connection()
+    statement = _LOCKED_REQUEST() + (" FOR UPDATE" if sql.is_postgres(connection) else "")
+    found = await sql.fetch_models(LoginRequest, statement, [request_id, user_id])
+    return found[0] if found else None
+
+
+async def record_decision(
+    request: LoginRequest,
+    status: LoginRequestStatus,
+    device: Device,
+    now: datetime,
+    event_kind: str,
+) -> bool:
+    """P6: the conditional update of the request and, if it won, the device's last sighting,
+    the security event and (for an approval) the end of a run of rejections."""
+    approved = status is LoginRequestStatus.APPROVED
+    connection = sql.default_connection()
+    if sql.is_postgres(connection):
+        rows = await connection.execute_query_dict(
+            _DECIDE,
+            [
+                request.id,
+                status.value,
+                now,
+                device.id,
+                request.user_id,
+                event_kind,
+                request.ip_address,
+                approved,
+            ],
+        )
+        return bool(rows[0]["won"])
+    changed = await LoginRequest.filter(id=request.id, status=LoginRequestStatus.PENDING).update(
+        status=status, decided_at=now, decided_by=device.id
+    )
+    if changed != 1:
+        return False
+    await Device.filter(id=device.id).update(last_seen_at=now)
+    await audit.SecurityEvent.create(
+        user_id=request.user_id, kind=event_kind, ip_address=request.ip_address, created_at=now
+    )
+    if approved:
+        await PushFatigue.filter(user_id=request.user_id, consecutive_rejections__gt=0).update(
+            consecutive_rejections=0
+        )
+    return True
