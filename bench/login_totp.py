@@ -5,7 +5,7 @@ It starts nothing. It runs against an already running `kanmon serve` (PostgreSQL
 with the same KANMON_SECRET_KEY (both read through gateway.settings.Settings):
 
     .venv/bin/python bench/login_totp.py [--url http://127.0.0.1:8000] [--accounts 200]
-        [--seconds 10] [--concurrency 32]
+        [--seconds 10] [--concurrency 32] [--client raw|httpx]
 
 Phases, each run for --seconds after --warmup seconds that are not counted:
   (a) `verifyLoginChallenge` with TOTP on challenges made beforehand by LoginService;
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import inspect
 import json
 import math
@@ -38,7 +39,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -164,41 +165,151 @@ def cpu_ticks() -> tuple[int, int] | None:
     return sum(values) - idle, sum(values)
 
 
-class ShardedPool:
-    """`connections` keep-alive HTTP/1.1 connections, one closed-loop worker on each, held by
-    `shards` httpx.AsyncClients (connections / shards each).
+class HttpError(Exception):
+    """The connection failed or answered something that is not HTTP/1.1 with a length."""
 
-    With one shared pool of 32 connections, httpcore's request-to-connection assignment (it
-    scans every connection for every waiting request, O(N^2) per request) costs the client about
-    3 ms of CPU per request on this machine, and the generator, not the server, sets the
-    figures. One small pool per worker costs about 0.8 ms. `--pool-shards 1` measures the single
-    shared pool."""
 
-    def __init__(self, url: str, connections: int, shards: int) -> None:
+class Http(Protocol):
+    async def post_json(self, path: str, payload: dict[str, Any], token: str | None) -> Any:
+        """POST `payload` as JSON; the parsed body of a 200, else RequestFailed(HTTP_<n>)."""
+        ...
+
+
+class KeepAliveConnection:
+    """One HTTP/1.1 keep-alive connection that speaks only what the bench sends: a JSON POST,
+    and answers with a Content-Length. httpx costs about 1 ms of client CPU per request on this
+    machine (its pool, models and anyio streams): with 32 workers the generator took 0.5 to 0.7
+    of a core from the two the server has. This costs a fraction of that; `--client httpx`
+    measures with httpx instead."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host = host
+        self._port = port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+    async def post_json(self, path: str, payload: dict[str, Any], token: str | None) -> Any:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
+        )
+        try:
+            if self._writer is None:
+                await self.connect()
+            reader, writer = self._reader, self._writer
+            assert reader is not None
+            assert writer is not None
+            writer.write(head.encode("ascii") + body)
+            status, length, close = await self._read_head(reader)
+            answer = await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            await self.close()
+            raise HttpError(type(exc).__name__) from exc
+        if close:
+            await self.close()
+        if status != 200:
+            raise RequestFailed(f"HTTP_{status}")
+        return json.loads(answer)
+
+    @staticmethod
+    async def _read_head(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
+        status_line = await reader.readline()
+        if not status_line.startswith(b"HTTP/1.1 "):
+            raise ValueError("not an HTTP/1.1 answer")
+        status = int(status_line.split()[1])
+        length: int | None = None
+        close = False
+        while True:
+            line = await reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "connection":
+                close = value.strip().lower() == "close"
+        if length is None:
+            raise ValueError("no Content-Length")
+        return status, length, close
+
+
+class HttpxConnection:
+    """The same requests through a shared httpx.AsyncClient."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self._client = client
+
+    async def post_json(self, path: str, payload: dict[str, Any], token: str | None) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        try:
+            response = await self._client.post(path, json=payload, headers=headers)
+        except httpx.HTTPError as exc:
+            raise HttpError(type(exc).__name__) from exc
+        if response.status_code != 200:
+            raise RequestFailed(f"HTTP_{response.status_code}")
+        return response.json()
+
+
+class ConnectionPool:
+    """`connections` keep-alive HTTP/1.1 connections, one closed-loop worker on each.
+
+    With `--client httpx` they are held by `shards` httpx.AsyncClients (connections / shards
+    each): with one shared pool of 32 connections, httpcore's request-to-connection assignment
+    (it scans every connection for every waiting request) costs the client about 3 ms of CPU
+    per request on this machine, one small pool per worker about 0.8 ms."""
+
+    def __init__(self, url: str, connections: int, shards: int, client: str) -> None:
+        parts = urlsplit(url)
+        self._raw = [
+            KeepAliveConnection(parts.hostname or ALLOWED_HOST, parts.port or 80)
+            for _ in range(connections if client == "raw" else 0)
+        ]
         per_shard = math.ceil(connections / shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         self._clients = [
             httpx.AsyncClient(base_url=url, http1=True, http2=False, limits=limits, timeout=30.0)
-            for _ in range(shards)
+            for _ in range(shards if client == "httpx" else 0)
         ]
         self._connections = connections
         self._per_shard = per_shard
 
-    def workers(self) -> list[httpx.AsyncClient]:
-        """The client each worker uses: workers are spread evenly over the shards."""
-        return [self._clients[i % len(self._clients)] for i in range(self._connections)]
+    def workers(self) -> list[Http]:
+        """The connection each worker uses: httpx workers are spread evenly over the shards."""
+        if self._raw:
+            return list(self._raw)
+        return [
+            HttpxConnection(self._clients[i % len(self._clients)]) for i in range(self._connections)
+        ]
 
-    async def __aenter__(self) -> ShardedPool:
+    async def __aenter__(self) -> ConnectionPool:
         """Opens the connections one at a time. `uvicorn --workers` shares one listening socket
         (no SO_REUSEPORT): a burst of connects is accepted by whichever worker wakes first, and
         32 connections opened at once all landed on one worker here. One by one, both workers
         get a share."""
+        for connection in self._raw:
+            await connection.connect()
+            await asyncio.sleep(CONNECT_GAP_SECONDS)
         for client in self._clients:
             await asyncio.gather(*(client.get("/healthz") for _ in range(self._per_shard)))
             await asyncio.sleep(CONNECT_GAP_SECONDS)
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        for connection in self._raw:
+            await connection.close()
         for client in self._clients:
             await client.aclose()
 
@@ -207,18 +318,14 @@ class ShardedPool:
 
 
 async def graphql(
-    http: httpx.AsyncClient,
+    http: Http,
     query: str,
     variables: dict[str, Any] | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    response = await http.post(
-        "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+    body: dict[str, Any] = await http.post_json(
+        "/graphql", {"query": query, "variables": variables or {}}, token
     )
-    if response.status_code != 200:
-        raise RequestFailed(f"HTTP_{response.status_code}")
-    body: dict[str, Any] = response.json()
     errors = body.get("errors")
     if errors:
         raise RequestFailed(str(errors[0].get("extensions", {}).get("code", "UNKNOWN")))
@@ -226,9 +333,7 @@ async def graphql(
     return data
 
 
-async def verify_totp(
-    http: httpx.AsyncClient, account: Account, challenge_id: str, token: str
-) -> None:
+async def verify_totp(http: Http, account: Account, challenge_id: str, token: str) -> None:
     """The code an authenticator shows now; the account may not verify again this step (T2)."""
     step = current_step()
     code = account.totp.generate_otp(step)
@@ -242,11 +347,11 @@ async def verify_totp(
         raise RequestFailed("NO_SESSION")
 
 
-Operation = Callable[[httpx.AsyncClient], Awaitable[bool]]
+Operation = Callable[[Http], Awaitable[bool]]
 
 
 async def run_phase(
-    seconds: float, warmup: float, pool: ShardedPool, operation: Operation
+    seconds: float, warmup: float, pool: ConnectionPool, operation: Operation
 ) -> PhaseResult:
     """One closed-loop worker per connection for `seconds`; an operation returning False means
     its account pool is dry and stops that worker. Warm-up operations run but are not recorded."""
@@ -254,14 +359,14 @@ async def run_phase(
     if warmup > 0:
         warm_until = time.perf_counter() + warmup
 
-        async def warm(http: httpx.AsyncClient) -> None:
+        async def warm(http: Http) -> None:
             for _ in range(MAX_OPS_PER_WORKER):
                 if time.perf_counter() >= warm_until:
                     return
                 try:
                     if not await operation(http):
                         return
-                except (RequestFailed, httpx.HTTPError):
+                except (RequestFailed, HttpError):
                     continue
 
         await asyncio.gather(*(warm(http) for http in pool.workers()))
@@ -272,7 +377,7 @@ async def run_phase(
     deadline = started + seconds
     ended: list[float] = []
 
-    async def worker(http: httpx.AsyncClient) -> None:
+    async def worker(http: Http) -> None:
         for _ in range(MAX_OPS_PER_WORKER):
             begin = time.perf_counter()
             if begin >= deadline:
@@ -283,8 +388,8 @@ async def run_phase(
                     break
             except RequestFailed as exc:
                 result.errors[exc.code] += 1
-            except httpx.HTTPError as exc:
-                result.errors[type(exc).__name__] += 1
+            except HttpError as exc:
+                result.errors[str(exc)] += 1
             else:
                 result.count += 1
                 result.latencies.append(time.perf_counter() - begin)
@@ -443,7 +548,7 @@ def argon2_verify_cpu_seconds(passwords: Passwords, password_hash: str) -> float
 
 
 def checks_operation(pool: deque[Account]) -> Operation:
-    async def operation(http: httpx.AsyncClient) -> bool:
+    async def operation(http: Http) -> bool:
         if not pool:
             return False
         account = pool.popleft()
@@ -457,7 +562,7 @@ def checks_operation(pool: deque[Account]) -> Operation:
 def logins_operation(pool: deque[Account]) -> Operation:
     """The pool stays ordered by last step: an account is taken only once its step is over."""
 
-    async def operation(http: httpx.AsyncClient) -> bool:
+    async def operation(http: Http) -> bool:
         if not pool or pool[0].last_step >= current_step():
             return False
         account = pool.popleft()
@@ -479,7 +584,7 @@ def logins_operation(pool: deque[Account]) -> Operation:
 def viewer_operation(tokens: list[str]) -> Operation:
     turn = 0
 
-    async def operation(http: httpx.AsyncClient) -> bool:
+    async def operation(http: Http) -> bool:
         nonlocal turn
         turn += 1
         data = await graphql(http, VIEWER, token=tokens[turn % len(tokens)])
@@ -520,6 +625,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="httpx clients sharing the --concurrency connections (default: one per connection)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="raw: a minimal keep-alive HTTP/1.1 client (default); httpx: httpx.AsyncClient",
     )
     args = parser.parse_args(argv)
     if args.pool_shards is None:
@@ -562,7 +673,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await services.close()
         await close_database()
 
-    async with ShardedPool(args.url, args.concurrency, args.pool_shards) as pool:
+    async with ConnectionPool(args.url, args.concurrency, args.pool_shards, args.client) as pool:
         checks = await run_phase(
             args.seconds, args.warmup, pool, checks_operation(prepared.check_pool)
         )
@@ -606,7 +717,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             },
             "http": {
                 "version": "HTTP/1.1",
-                "client": f"httpx {httpx.__version__} AsyncClient",
+                "client": "asyncio streams, one keep-alive connection per worker"
+                if args.client == "raw"
+                else f"httpx {httpx.__version__} AsyncClient",
                 "connections": args.concurrency,
                 "pool_shards": args.pool_shards,
             },
