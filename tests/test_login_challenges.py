@@ -44,6 +44,7 @@ from tests.graphql_client import (
     gql,
     sign_up,
 )
+from tests.statements import counted_statements, on_postgres
 
 TOTP = TwoFactorMethod.TOTP
 BACKUP = TwoFactorMethod.BACKUP_CODE
@@ -515,6 +516,26 @@ async def test_l5_f3_a_completed_challenge_writes_its_session_and_events_togethe
     assert all(e.created_at == clock.now for e in events)
     again = await verify(http, challenge, "TOTP", totp_at(account.secret, clock.now))
     assert outcome(again) == "CHALLENGE_CLOSED"
+
+
+async def test_l2_l5_round_trips_of_a_login_and_a_totp_check_stay_within_budget(
+    clocked: Clocked, username: str
+) -> None:
+    """README, performance: a login is one read (user and enrolled methods) and one insert; a
+    TOTP check is 5 statements on PostgreSQL (locks, F5 counter, credential, T2 step, one
+    completion statement). SQLite has no data-modifying WITH, so its completion takes three."""
+    http, clock = clocked.http, clocked.clock
+    account = await graphql_account(http, username, clock)
+    clock.advance(30)
+
+    with counted_statements() as login_sql:
+        challenge = await open_challenge(http, username)
+    with counted_statements() as verify_sql:
+        body = await verify(http, challenge, "TOTP", totp_at(account.secret, clock.now))
+
+    assert outcome(body) == SESSION
+    assert len(login_sql) == 2, login_sql
+    assert len(verify_sql) == (5 if on_postgres() else 7), verify_sql
 
 
 async def test_l5_concurrent_totp_verifications_of_one_challenge_give_one_session(

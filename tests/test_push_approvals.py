@@ -43,6 +43,7 @@ from tests.push_helpers import (
     verify,
 )
 from tests.sms_helpers import User, fresh_number, messages_to, verified_phone
+from tests.statements import counted_statements, on_postgres
 
 
 @dataclass
@@ -196,6 +197,29 @@ async def test_p4_p5_a_signed_approval_with_the_number_lets_the_waiting_client_c
     assert session["clientKind"] == "WEB"
     assert await sessions_of(account.user_id) == sessions + 1
     assert (await challenge_view(client, challenge))["status"] == "COMPLETED"
+
+
+async def test_p4_p5_p6_round_trips_of_an_approval_and_its_completion_stay_within_budget(
+    client: httpx.AsyncClient,
+) -> None:
+    """README, performance: session, device, one locking read of user and request, one
+    decision statement (request, device, event, fatigue) and the challenge's move. SQLite has
+    no data-modifying WITH, so its decision and the completion take more statements."""
+    account = await push_account(client)
+    challenge = await login(client, account.username)
+    node = await request_node(client, account.app.token, challenge)
+
+    with counted_statements() as sql:
+        body = await approve(client, account.app, node, challenge["matchNumber"])
+
+    assert code_of(body) == OK, body
+    assert len(sql) == (5 if on_postgres() else 8), sql
+
+    # P5: the waiting client's completion is the verify path's lock and completion statement.
+    with counted_statements() as sql:
+        body = await complete(client, challenge)
+    assert code_of(body) == OK, body
+    assert len(sql) == (2 if on_postgres() else 4), sql
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from gateway.accounts.models import Session
 from gateway.accounts.service import AccountService, Client, IssuedSession
-from gateway.accounts.store import lock_user
-from gateway.core import audit
 from gateway.core.clock import Clock, utc_now
 from gateway.core.errors import ChallengeClosed, ChallengeExpired, ChallengeLocked, DomainError
 from gateway.core.events import challenge_channel
@@ -17,6 +15,7 @@ from gateway.core.uow import UnitOfWork
 from gateway.factors.push.errors import RequestNotPending
 from gateway.factors.push.models import LoginRequest, LoginRequestStatus
 from gateway.factors.push.service import Decision, PushService
+from gateway.login import store
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from gateway.login.service import LoginService, current_status
 
@@ -78,10 +77,9 @@ class PushApprovals:
         self, challenge_id: str, token: str, ip_address: str | None, work: UnitOfWork
     ) -> IssuedSession:
         """P5, L5: after APPROVED, the waiting client's token buys exactly one session."""
-        found = await self._login.find_challenge(challenge_id, token)
-        await lock_user(found.user_id)
-        challenge = await LoginChallenge.select_for_update().get(id=found.id)
-        status = current_status(challenge, self._clock())
+        challenge = await self._login.lock_challenge(challenge_id, token)
+        now = self._clock()
+        status = current_status(challenge, now)
         if status is ChallengeStatus.PENDING:
             raise ChallengeNotApproved()
         if status is ChallengeStatus.EXPIRED:
@@ -90,21 +88,16 @@ class PushApprovals:
             raise ChallengeLocked()
         if status is not ChallengeStatus.APPROVED:
             raise ChallengeClosed()
-        if challenge.expires_at <= self._clock():
+        if challenge.expires_at <= now:
             # L2: an approval does not make the challenge token good forever.
             raise ChallengeExpired()
-        changed = await LoginChallenge.filter(
-            id=challenge.id, status=ChallengeStatus.APPROVED
-        ).update(status=ChallengeStatus.COMPLETED, completed_at=self._clock())
-        if changed != 1:
-            raise ChallengeClosed()
+        # The challenge's row is locked and APPROVED: this is the one completion.
+        client = Client(challenge.client_kind, challenge.client_name, ip_address)
+        row, session = self._accounts.new_session(challenge.user_id, client, password_proved=True)
+        await store.complete(challenge, now, [("login.succeeded", "PUSH")], ip_address, row)
         work.signal(challenge_channel(challenge.id))
         CHALLENGE_OUTCOMES.labels("PUSH", "success").inc()
-        await audit.record(
-            challenge.user_id, "login.succeeded", detail="PUSH", ip_address=ip_address
-        )
-        client = Client(challenge.client_kind, challenge.client_name, ip_address)
-        return await self._accounts.issue_session(challenge.user_id, client, password_proved=True)
+        return session
 
     async def expire_due(self, work: UnitOfWork) -> int:
         """P5, P10: requests and challenges past their time become EXPIRED, and their

@@ -183,7 +183,7 @@ class LoginService:
         parsed = parse_id(challenge_id)
         if len(token) > 128:
             raise NotFound()
-        challenge = await LoginChallenge.get_or_none(id=parsed)
+        challenge = await store.find_challenge(parsed)
         if challenge is None or not same_digest(challenge.token_hash, token_digest(token)):
             raise NotFound()
         return challenge
@@ -239,7 +239,7 @@ class LoginService:
         reported."""
         if len(code) > MAX_CODE_LENGTH:
             raise BadUserInput("The code is too long.")
-        challenge = await self._lock_challenge(challenge_id, token)
+        challenge = await self.lock_challenge(challenge_id, token)
         now = self._clock()
         self._check_open(challenge, now)
         factor = self._factors.get(method)
@@ -273,7 +273,7 @@ class LoginService:
         work.signal(challenge_channel(challenge.id))
         return Outcome(value=session)
 
-    async def _lock_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
+    async def lock_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
         """`find_challenge` and the locks of user and challenge in one round trip. A wrong token
         holds the locks only until its NOT_FOUND rolls the transaction back."""
         parsed = parse_id(challenge_id)

@@ -21,6 +21,14 @@ _LOCKED_CHALLENGE = sql.statement(
     )
 )
 
+_CHALLENGE = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(LoginChallenge, "c")
+        + ' FROM "login_challenges" c WHERE c."id" = {0}'
+    )
+)
+
 _COMPLETE = sql.statement(
     lambda: (
         "WITH done AS ("  # noqa: S608
@@ -56,6 +64,12 @@ async def login_candidate(username_key: str) -> tuple[User, MethodSummary] | Non
         return None
     user = sql.to_model(User, found[0], "u_")
     return user, summary_from_row(user.two_factor_enabled, found[0])
+
+
+async def find_challenge(challenge_id: UUID) -> LoginChallenge | None:
+    """The challenge, read without locks: every subscriber reads it again at each event."""
+    found = await sql.fetch_models(LoginChallenge, _CHALLENGE(), [challenge_id])
+    return found[0] if found else None
 
 
 async def lock_challenge(challenge_id: UUID) -> LoginChallenge | None:

@@ -142,7 +142,7 @@ class PushService:
         await audit.record(device.user_id, "device.removed", detail=device.name)
 
     async def device_of_session(self, session: Session) -> Device | None:
-        return await Device.get_or_none(session_id=session.id)
+        return await store.device_of_session(session.id)
 
     async def app_device(self, session: Session) -> Device:
         """Approve, deny and the app's subscription act for the session's enrolled device."""

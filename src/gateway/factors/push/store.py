@@ -9,6 +9,14 @@ from uuid import UUID
 from gateway.core import audit, sql
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushFatigue
 
+_SESSION_DEVICE = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(Device, "d")
+        + ' FROM "devices" d WHERE d."session_id" = {0}'
+    )
+)
+
 # Users before requests, as `lock_user` and then a request lock elsewhere: PostgreSQL locks
 # the rows of a joined FOR UPDATE in the order of the FROM list.
 _LOCKED_REQUEST = sql.statement(
@@ -39,6 +47,12 @@ WITH decided AS (
 )
 SELECT COUNT(*) AS won FROM decided
 """
+
+
+async def device_of_session(session_id: UUID) -> Device | None:
+    """Every answer from an app starts here (approve, deny, its subscription)."""
+    found = await sql.fetch_models(Device, _SESSION_DEVICE(), [session_id])
+    return found[0] if found else None
 
 
 async def lock_request(request_id: UUID, user_id: UUID) -> LoginRequest | None:
