@@ -67,6 +67,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import math
 import os
@@ -666,6 +667,8 @@ class ApprovalResult:
     send_span: float = 0.0
     span: float = 0.0
     late_sends: int = 0
+    # (seconds into the phase it was sent, approve -> event): where the tail sits in time.
+    slowest: list[tuple[float, float]] = field(default_factory=list)
 
 
 async def approval_phase(
@@ -711,6 +714,7 @@ async def approval_phase(
         if index >= warmup:
             result.to_event.append(watch.approved_at - sent)
             result.http.append(answered - sent)
+            result.slowest.append((sent - started, watch.approved_at - sent))
 
     tasks: list[asyncio.Task[None]] = []
     started = time.perf_counter()
@@ -967,11 +971,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             httpx.AsyncClient(base_url=args.b, limits=approval_limits, timeout=STEP_SECONDS)
             for _ in range(APPROVAL_SHARDS)
         ]
+        # The bench holds 1,000 websockets and their readers: one of its own full collections
+        # stalled its loop for 0.3 to 0.7 s mid-phase, and every approval in flight then read
+        # as that much slower. Nothing is collected while it measures.
+        gc.collect()
+        gc.disable()
         try:
             approvals = await approval_phase(
                 shards, live, args.rate, args.approve_warmup, args.event_wait
             )
         finally:
+            gc.enable()
             for shard in shards:
                 await shard.aclose()
         approval_cpu = approval_load.report(approvals.events)
@@ -982,6 +992,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         approve_to_event: dict[str, Any] = {
             **spread(approvals.to_event),
             "http_answer": spread(approvals.http),
+            "slowest_at_s": [
+                [round(at, 2), round(latency * 1000, 1)]
+                for at, latency in sorted(approvals.slowest, key=lambda x: -x[1])[:12]
+            ],
             "measured": len(approvals.to_event),
             "sent": approvals.sent,
             "approved": approvals.answered_ok,
