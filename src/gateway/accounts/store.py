@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from tortoise import connections
-
 from gateway.accounts.models import Session, User
 from gateway.core import sql
 
@@ -24,7 +22,7 @@ _SESSION_WITH_USER = sql.statement(
         + sql.select_list(Session, "s", "s_")
         + ", "
         + sql.select_list(User, "u", "u_")
-        + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {p}'
+        + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {0}'
     )
 )
 
@@ -33,11 +31,7 @@ async def session_with_user(token_hash: str) -> Session | None:
     """The session with this token digest and its user, in one round trip. Every
     authenticated request starts here, so the SQL is written once instead of being built by
     the query builder on each call; the rows still become models the ORM's own way."""
-    connection = connections.get("default")
-    placeholder = "$1" if connection.capabilities.dialect == "postgres" else "?"
-    rows = await connection.execute_query_dict(
-        _SESSION_WITH_USER().format(p=placeholder), [token_hash]
-    )
+    rows = await sql.fetch_rows(_SESSION_WITH_USER(), [token_hash])
     if not rows:
         return None
     row: dict[str, Any] = rows[0]

@@ -28,20 +28,15 @@ class FactorThrottle(Model):
         unique_together = (("user_id", "method"),)
 
 
-_COUNTER = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(FactorThrottle, "t")
-        + ' FROM "factor_throttles" t WHERE t."user_id" = {0} AND t."method" = {1}'
-    )
+_COUNTER = sql.select_model(
+    FactorThrottle, "t", 'FROM "factor_throttles" t WHERE t."user_id" = {0} AND t."method" = {1}'
 )
 
 
 async def check(user_id: UUID, method: str, now: datetime) -> FactorThrottle | None:
     """Raises RATE_LIMITED (not evaluated, not counted) while the back-off runs; returns the
     counter row (if any) for `failed` and `succeeded`, saving them a read."""
-    found = await sql.fetch_models(FactorThrottle, _COUNTER(), [user_id, method])
-    row = found[0] if found else None
+    row = await sql.fetch_model(FactorThrottle, _COUNTER(), [user_id, method])
     if row is not None and row.blocked_until is not None and row.blocked_until > now:
         raise RateLimited(math.ceil((row.blocked_until - now).total_seconds()))
     return row

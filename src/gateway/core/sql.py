@@ -34,6 +34,11 @@ def select_list(model: type[Model], alias: str, prefix: str = "") -> str:
     return ", ".join(f'{alias}."{c}" AS "{prefix}{c}"' for c in columns(model))
 
 
+def select_model(model: type[Model], alias: str, rest: str) -> Callable[[], str]:
+    """`SELECT <every column of model as alias> <rest>`, built on first use (`statement`)."""
+    return statement(lambda: "SELECT " + select_list(model, alias) + " " + rest)
+
+
 def default_connection() -> BaseDBAsyncClient:
     connection: BaseDBAsyncClient = connections.get("default")
     return connection
@@ -61,11 +66,16 @@ def to_model(model: type[M], row: dict[str, Any], prefix: str = "") -> M:
     return model._init_from_db(**{c: row[f"{prefix}{c}"] for c in columns(model)})
 
 
-async def fetch_rows(statement: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-    """Rows of `statement`, with `{0}`, `{1}`... for the placeholders (each used once)."""
+def _prepared(statement: str, params: Sequence[Any]) -> tuple[BaseDBAsyncClient, str, list[Any]]:
     connection = default_connection()
     sql = statement.format(*placeholders(connection, len(params)))
-    return await connection.execute_query_dict(sql, bind(connection, params))
+    return connection, sql, bind(connection, params)
+
+
+async def fetch_rows(statement: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    """Rows of `statement`, with `{0}`, `{1}`... for the placeholders (each used once)."""
+    connection, sql, values = _prepared(statement, params)
+    return await connection.execute_query_dict(sql, values)
 
 
 async def fetch_models(
@@ -75,9 +85,14 @@ async def fetch_models(
     return [to_model(model, row, prefix) for row in await fetch_rows(statement, params)]
 
 
+async def fetch_model(model: type[M], statement: str, params: Sequence[Any]) -> M | None:
+    """The first row of `statement` as a model, or None."""
+    found = await fetch_models(model, statement, params)
+    return found[0] if found else None
+
+
 async def execute(statement: str, params: Sequence[Any]) -> int:
-    """Rows changed by `statement` (placeholders as in `fetch_models`)."""
-    connection = default_connection()
-    sql = statement.format(*placeholders(connection, len(params)))
-    changed, _ = await connection.execute_query(sql, bind(connection, params))
+    """Rows changed by `statement` (placeholders as in `fetch_rows`)."""
+    connection, sql, values = _prepared(statement, params)
+    changed, _ = await connection.execute_query(sql, values)
     return changed

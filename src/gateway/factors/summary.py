@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from gateway.core import sql
 
-# Each line is a scalar subquery on one user id, `{u}`: a placeholder or a column reference.
+# Each line is a scalar subquery on the user id `{u}`, a column of the outer statement.
 _COLUMNS = """
   (SELECT COUNT(*) FROM totp_credentials WHERE user_id = {u} AND secret_encrypted IS NOT NULL)
     AS m_totp,
@@ -19,7 +18,6 @@ _COLUMNS = """
   (SELECT COUNT(*) FROM devices WHERE user_id = {u}) AS m_devices,
   (SELECT COUNT(*) FROM backup_codes WHERE user_id = {u} AND status = 'ACTIVE') AS m_backup
 """
-SUBQUERIES = 5
 
 
 @dataclass(frozen=True)
@@ -33,9 +31,13 @@ class MethodSummary:
     backup_codes_active: int
 
 
-def summary_columns(user_id_sql: str) -> str:
-    """The summary's select list, for a statement that names the user's id as `user_id_sql`."""
-    return _COLUMNS.format(u=user_id_sql)
+NOTHING_ENROLLED = MethodSummary(False, False, False, False, False, 0)
+
+
+def summary_columns(user_id_column: str) -> str:
+    """The summary's select list, for a statement whose row names the user's id as
+    `user_id_column`."""
+    return _COLUMNS.format(u=user_id_column)
 
 
 def summary_from_row(two_factor_enabled: Any, row: dict[str, Any]) -> MethodSummary:
@@ -49,20 +51,18 @@ def summary_from_row(two_factor_enabled: Any, row: dict[str, Any]) -> MethodSumm
     )
 
 
-def _summary_statement(user_id_sql: str) -> str:
-    """`user_id_sql` is a placeholder, never a value."""
-    enabled = f"(SELECT two_factor_enabled FROM users WHERE id = {user_id_sql})"  # noqa: S608
-    return "SELECT " + enabled + " AS enabled, " + summary_columns(user_id_sql)
+_SUMMARY = sql.statement(
+    lambda: (
+        "SELECT u.two_factor_enabled AS enabled, "  # noqa: S608
+        + summary_columns('u."id"')
+        + ' FROM "users" u WHERE u."id" = {0}'
+    )
+)
 
 
 async def method_summary(user_id: UUID) -> MethodSummary:
     """F2: the state of every method in one round trip (the settings page's hot path)."""
-    connection = sql.default_connection()
-    params: Sequence[Any]
-    if sql.is_postgres(connection):
-        statement, params = _summary_statement("$1"), [user_id]
-    else:
-        # `?` placeholders are positional: one per use of the id.
-        statement, params = _summary_statement("?"), [user_id] * (SUBQUERIES + 1)
-    rows = await connection.execute_query_dict(statement, sql.bind(connection, params))
+    rows = await sql.fetch_rows(_SUMMARY(), [user_id])
+    if not rows:
+        return NOTHING_ENROLLED
     return summary_from_row(rows[0]["enabled"], rows[0])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from gateway.accounts.service import AccountService, Client, IssuedSession
-from gateway.accounts.store import lock_user
 from gateway.core import audit
 from gateway.core import code_throttle as throttle
 from gateway.core.clock import Clock, utc_now
@@ -102,13 +102,13 @@ class LoginService:
         key = username.casefold()
         seen_failures = await self._accounts.guard.check(key, client.ip_address)
         candidate = await store.login_candidate(key)
-        user, summary = candidate if candidate else (None, None)
         password_ok = await self._accounts.passwords.verify(
-            user.password_hash if user else None, password
+            candidate[0].password_hash if candidate else None, password
         )
-        if user is None or summary is None:
+        if candidate is None:
             await self._accounts.guard.failed(key, client.ip_address)
             return Outcome(error=InvalidCredentials())
+        user, summary = candidate
         if not password_ok:
             if await self._temporary.consume(user.id, password):
                 await self._accounts.guard.succeeded(key, seen_failures)
@@ -180,13 +180,7 @@ class LoginService:
 
     async def find_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
         """The challenge token is the credential: a wrong one is NOT_FOUND, as is an unknown id."""
-        parsed = parse_id(challenge_id)
-        if len(token) > 128:
-            raise NotFound()
-        challenge = await store.find_challenge(parsed)
-        if challenge is None or not same_digest(challenge.token_hash, token_digest(token)):
-            raise NotFound()
-        return challenge
+        return await self._by_token(challenge_id, token, store.find_challenge)
 
     async def view(self, challenge_id: str, token: str) -> ChallengeView:
         challenge = await self.find_challenge(challenge_id, token)
@@ -211,9 +205,7 @@ class LoginService:
         self, challenge_id: str, token: str, ip_address: str | None, work: UnitOfWork
     ) -> ChallengeView:
         """S2, H6: "send me a code by SMS", also as the fallback when push does not arrive."""
-        found = await self.find_challenge(challenge_id, token)
-        await lock_user(found.user_id)
-        challenge = await LoginChallenge.select_for_update().get(id=found.id)
+        challenge = await self.lock_challenge(challenge_id, token)
         self._check_open(challenge, self._clock())
         if await self._sms.sms_ready_number(challenge.user_id) is None:
             raise MethodNotAvailable("This account has no phone that can receive SMS.")
@@ -276,10 +268,18 @@ class LoginService:
     async def lock_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
         """`find_challenge` and the locks of user and challenge in one round trip. A wrong token
         holds the locks only until its NOT_FOUND rolls the transaction back."""
+        return await self._by_token(challenge_id, token, store.lock_challenge)
+
+    async def _by_token(
+        self,
+        challenge_id: str,
+        token: str,
+        read: Callable[[UUID], Awaitable[LoginChallenge | None]],
+    ) -> LoginChallenge:
         parsed = parse_id(challenge_id)
         if len(token) > 128:
             raise NotFound()
-        challenge = await store.lock_challenge(parsed)
+        challenge = await read(parsed)
         if challenge is None or not same_digest(challenge.token_hash, token_digest(token)):
             raise NotFound()
         return challenge

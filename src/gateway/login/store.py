@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cache
 from uuid import UUID
 
 from gateway.accounts.models import Session, User
@@ -13,21 +14,13 @@ from gateway.login.models import ChallengeStatus, LoginChallenge
 
 # Users before challenges, as `lock_user` and then a challenge lock elsewhere: PostgreSQL
 # locks the rows of a joined FOR UPDATE in the order of the FROM list.
-_LOCKED_CHALLENGE = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(LoginChallenge, "c")
-        + ' FROM "users" u JOIN "login_challenges" c ON c."user_id" = u."id" WHERE c."id" = {0}'
-    )
+_LOCKED_CHALLENGE = sql.select_model(
+    LoginChallenge,
+    "c",
+    'FROM "users" u JOIN "login_challenges" c ON c."user_id" = u."id" WHERE c."id" = {0}',
 )
 
-_CHALLENGE = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(LoginChallenge, "c")
-        + ' FROM "login_challenges" c WHERE c."id" = {0}'
-    )
-)
+_CHALLENGE = sql.select_model(LoginChallenge, "c", 'FROM "login_challenges" c WHERE c."id" = {0}')
 
 _COMPLETE = sql.statement(
     lambda: (
@@ -44,6 +37,13 @@ _COMPLETE = sql.statement(
         + ")"
     )
 )
+
+
+@cache
+def _session_fields() -> list[str]:
+    """The Session fields behind `_COMPLETE`'s columns, in its order."""
+    reverse = Session._meta.fields_db_projection_reverse
+    return [reverse[column] for column in sql.columns(Session)]
 
 
 _CANDIDATE = sql.statement(
@@ -68,8 +68,7 @@ async def login_candidate(username_key: str) -> tuple[User, MethodSummary] | Non
 
 async def find_challenge(challenge_id: UUID) -> LoginChallenge | None:
     """The challenge, read without locks: every subscriber reads it again at each event."""
-    found = await sql.fetch_models(LoginChallenge, _CHALLENGE(), [challenge_id])
-    return found[0] if found else None
+    return await sql.fetch_model(LoginChallenge, _CHALLENGE(), [challenge_id])
 
 
 async def lock_challenge(challenge_id: UUID) -> LoginChallenge | None:
@@ -77,8 +76,7 @@ async def lock_challenge(challenge_id: UUID) -> LoginChallenge | None:
     the transaction, in one round trip (SQLite serialises writers instead)."""
     connection = sql.default_connection()
     statement = _LOCKED_CHALLENGE() + (" FOR UPDATE" if sql.is_postgres(connection) else "")
-    found = await sql.fetch_models(LoginChallenge, statement, [challenge_id])
-    return found[0] if found else None
+    return await sql.fetch_model(LoginChallenge, statement, [challenge_id])
 
 
 async def complete(
@@ -105,12 +103,7 @@ async def complete(
             )
         await session.save()
         return
-    session_values = [
-        getattr(session, field)
-        for field in (
-            session._meta.fields_db_projection_reverse[column] for column in sql.columns(Session)
-        )
-    ]
+    session_values = [getattr(session, field) for field in _session_fields()]
     await connection.execute_query(
         _COMPLETE(),
         [

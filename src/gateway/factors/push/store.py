@@ -9,23 +9,15 @@ from uuid import UUID
 from gateway.core import audit, sql
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushFatigue
 
-_SESSION_DEVICE = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(Device, "d")
-        + ' FROM "devices" d WHERE d."session_id" = {0}'
-    )
-)
+_SESSION_DEVICE = sql.select_model(Device, "d", 'FROM "devices" d WHERE d."session_id" = {0}')
 
 # Users before requests, as `lock_user` and then a request lock elsewhere: PostgreSQL locks
 # the rows of a joined FOR UPDATE in the order of the FROM list.
-_LOCKED_REQUEST = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(LoginRequest, "r")
-        + ' FROM "users" u JOIN "login_requests" r ON r."user_id" = u."id"'
-        + ' WHERE r."id" = {0} AND r."user_id" = {1}'
-    )
+_LOCKED_REQUEST = sql.select_model(
+    LoginRequest,
+    "r",
+    'FROM "users" u JOIN "login_requests" r ON r."user_id" = u."id"'
+    ' WHERE r."id" = {0} AND r."user_id" = {1}',
 )
 
 # The decision only if the request is still pending (one decision wins); the rest only if it
@@ -51,8 +43,7 @@ SELECT COUNT(*) AS won FROM decided
 
 async def device_of_session(session_id: UUID) -> Device | None:
     """Every answer from an app starts here (approve, deny, its subscription)."""
-    found = await sql.fetch_models(Device, _SESSION_DEVICE(), [session_id])
-    return found[0] if found else None
+    return await sql.fetch_model(Device, _SESSION_DEVICE(), [session_id])
 
 
 async def lock_request(request_id: UUID, user_id: UUID) -> LoginRequest | None:
@@ -60,8 +51,7 @@ async def lock_request(request_id: UUID, user_id: UUID) -> LoginRequest | None:
     rest of the transaction, in one round trip (SQLite serialises writers instead)."""
     connection = sql.default_connection()
     statement = _LOCKED_REQUEST() + (" FOR UPDATE" if sql.is_postgres(connection) else "")
-    found = await sql.fetch_models(LoginRequest, statement, [request_id, user_id])
-    return found[0] if found else None
+    return await sql.fetch_model(LoginRequest, statement, [request_id, user_id])
 
 
 async def record_decision(

@@ -18,12 +18,10 @@ from gateway.factors.totp.models import TotpCredential
 ISSUER = "Kanmon"
 
 # T2's hot path, on every TOTP login: written once (see gateway.core.sql).
-_ACTIVE_CREDENTIAL = sql.statement(
-    lambda: (
-        "SELECT "  # noqa: S608
-        + sql.select_list(TotpCredential, "t")
-        + ' FROM "totp_credentials" t WHERE t."user_id" = {0} AND t."secret_encrypted" IS NOT NULL'
-    )
+_ACTIVE_CREDENTIAL = sql.select_model(
+    TotpCredential,
+    "t",
+    'FROM "totp_credentials" t WHERE t."user_id" = {0} AND t."secret_encrypted" IS NOT NULL',
 )
 _CLAIM_STEP = (
     'UPDATE "totp_credentials" SET "last_step" = {0} WHERE "id" = {1} AND "last_step" < {2}'
@@ -90,8 +88,7 @@ class TotpService:
         return await self.verify_code(attempt.user_id, attempt.code)
 
     async def verify_code(self, user_id: UUID, code: str) -> Verdict:
-        found = await sql.fetch_models(TotpCredential, _ACTIVE_CREDENTIAL(), [user_id])
-        credential = found[0] if found else None
+        credential = await sql.fetch_model(TotpCredential, _ACTIVE_CREDENTIAL(), [user_id])
         if credential is None or credential.secret_encrypted is None:
             return Verdict(accepted=False, error=WrongTotpCode())
         secret = self._box.decrypt(credential.secret_encrypted, context=_context(user_id))
