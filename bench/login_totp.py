@@ -72,6 +72,8 @@ ARGON2_ROUNDS = 10
 SETUP_PARALLELISM = 16
 BULK_BATCH = 1000
 CONNECT_GAP_SECONDS = 0.01
+PHASES = ("checks", "logins", "viewer")
+SKIPPED: dict[str, Any] = {"skipped": True}
 
 VERIFY = """
 mutation($id: ID!, $t: String!, $m: TwoFactorMethod!, $c: String!) {
@@ -633,7 +635,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="raw",
         help="raw: a minimal keep-alive HTTP/1.1 client (default); httpx: httpx.AsyncClient",
     )
+    parser.add_argument(
+        "--phases",
+        default="checks,logins,viewer",
+        help="comma-separated subset of checks,logins,viewer (e.g. one phase to profile it)",
+    )
     args = parser.parse_args(argv)
+    args.phases = set(args.phases.split(","))
+    if not args.phases or not args.phases <= set(PHASES):
+        parser.error(f"--phases: a subset of {','.join(PHASES)}")
     if args.pool_shards is None:
         args.pool_shards = args.concurrency
     if urlsplit(args.url).hostname != ALLOWED_HOST:
@@ -675,19 +685,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await close_database()
 
     async with ConnectionPool(args.url, args.concurrency, args.pool_shards, args.client) as pool:
-        checks = await run_phase(
-            args.seconds, args.warmup, pool, checks_operation(prepared.check_pool)
-        )
+        checks = logins = viewer = None
+        if "checks" in args.phases:
+            checks = await run_phase(
+                args.seconds, args.warmup, pool, checks_operation(prepared.check_pool)
+            )
         before_logins = argon2_verify_cpu_seconds(passwords, probe)
-        logins = await run_phase(
-            args.seconds, args.warmup, pool, logins_operation(prepared.login_pool)
-        )
+        if "logins" in args.phases:
+            logins = await run_phase(
+                args.seconds, args.warmup, pool, logins_operation(prepared.login_pool)
+            )
         after_logins = argon2_verify_cpu_seconds(passwords, probe)
-        viewer = await run_phase(args.seconds, args.warmup, pool, viewer_operation(prepared.tokens))
+        if "viewer" in args.phases:
+            viewer = await run_phase(
+                args.seconds, args.warmup, pool, viewer_operation(prepared.tokens)
+            )
 
     server = extract_parameters(password_hash)
-    login_summary = logins.summary("logins_per_s")
-    login_rate = float(login_summary["logins_per_s"])
+    login_summary = logins.summary("logins_per_s") if logins else dict(SKIPPED)
+    login_rate = float(login_summary.get("logins_per_s", 0.0))
     # The machine's speed drifts (other tenants): the bound of the phase is taken from probes
     # just before and just after it, on a quiet machine both times.
     phase_verify_cpu = (before_logins + after_logins) / 2
@@ -736,9 +752,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "pool_shards": args.pool_shards,
             },
         },
-        "checks": checks.summary("checks_per_s"),
+        "checks": checks.summary("checks_per_s") if checks else SKIPPED,
         "logins": login_summary,
-        "viewer": viewer.summary("queries_per_s"),
+        "viewer": viewer.summary("queries_per_s") if viewer else SKIPPED,
     }
 
 

@@ -3,23 +3,27 @@ security event pages (F3)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pyotp
 import pytest
+from arq.connections import ArqRedis
 from tortoise import connections
+from tortoise.backends.base.client import TransactionalDBClient
 
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import Session as SessionRow
 from gateway.accounts.models import User
 from gateway.accounts.service import Client
 from gateway.app import create_app
-from gateway.container import Services
+from gateway.container import Services, build_services
 from gateway.core.errors import ReauthenticationRequired
 from gateway.core.passwords import Passwords
 from gateway.settings import Settings
@@ -38,6 +42,7 @@ from tests.graphql_client import (
     gql,
     sign_up,
 )
+from tests.statements import counted_statements
 
 WEB = Client(kind=ClientKind.WEB, name=None, ip_address=None)
 VIEWER = "{ viewer { username } }"
@@ -265,6 +270,75 @@ async def test_l1_right_password_without_two_factor_gives_a_session(
 # --- F2, F3 -------------------------------------------------------------------------------
 
 
+class WatchedPasswords(Passwords):
+    """Notes, for each verify, whether a database transaction is open meanwhile, and the most
+    verifies that ran at once."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(memory_kib=1024, time_cost=1, parallelism=1, threads=threads)
+        self.in_transaction: list[bool] = []
+        self.running = 0
+        self.most_at_once = 0
+        self._guard = threading.Lock()
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        self.in_transaction.append(isinstance(connections.get("default"), TransactionalDBClient))
+        return await super().verify(stored_hash, password)
+
+    def _verify_sync(self, stored_hash: str, password: str) -> bool:
+        with self._guard:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            # Long enough for every queued verify to be handed to the pool meanwhile.
+            for _ in range(20):
+                super()._verify_sync(stored_hash, password)
+            return super()._verify_sync(stored_hash, password)
+        finally:
+            with self._guard:
+                self.running -= 1
+
+
+async def test_l1_the_password_is_checked_with_no_transaction_open(
+    settings: Settings, redis: ArqRedis, username: str
+) -> None:
+    """argon2 takes tens of milliseconds (more while logins queue for the cores): the
+    `login` mutation holds no database connection in a transaction meanwhile."""
+    passwords = WatchedPasswords()
+    services = build_services(settings, redis, passwords=passwords)
+    app = create_app(settings, services)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        await sign_up(http, username)
+        login = await data(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+        assert login["login"]["token"]
+        body = await gql(http, LOGIN, {"u": username, "p": "wrong", "k": "WEB"})
+        assert body["errors"][0]["extensions"]["code"] == "INVALID_CREDENTIALS"
+    assert passwords.in_transaction == [False, False]
+    # The probe sees a transaction when there is one: the domain-level login runs in the
+    # caller's unit of work.
+    async with services.uow() as work:
+        await services.login.login(username, PASSWORD, WEB, work)
+    assert passwords.in_transaction == [False, False, True]
+
+
+async def test_l1_a_gateway_process_hashes_at_most_its_share_of_passwords_at_once(
+    username: str,
+) -> None:
+    """`kanmon serve --workers N` gives each process cores / N argon2 threads
+    (KANMON_ARGON2_THREADS): more hashes at once only evict each other from the caches."""
+    assert Settings(argon2_threads=1).argon2_threads == 1
+    passwords = WatchedPasswords(threads=1)
+    stored = await passwords.hash(PASSWORD)
+    results = await asyncio.gather(*(passwords.verify(stored, PASSWORD) for _ in range(6)))
+    assert results == [True] * 6
+    assert passwords.most_at_once == 1
+    two = WatchedPasswords(threads=2)
+    assert all(await asyncio.gather(*(two.verify(stored, PASSWORD) for _ in range(6))))
+    assert two.most_at_once == 2
+
+
 async def test_f2_settings_never_show_codes(client: httpx.AsyncClient, username: str) -> None:
     token = await sign_up(client, username)
     enrollment = (await data(client, BEGIN_TOTP, token=token))["beginTotpEnrollment"]
@@ -293,6 +367,69 @@ async def test_f2_settings_never_show_codes(client: httpx.AsyncClient, username:
     shown = json.dumps([viewer, events])
     for secret in secrets:
         assert secret not in shown
+
+
+SETTINGS_FIELDS = """twoFactorEnabled methods totpEnabled backupCodesActive
+  temporaryPasswordExpiresAt phone { maskedNumber } devices { id }"""
+# The same settings three ways: the session and the summary read together...
+SETTINGS_SPREAD = (
+    "query { viewer { ...V } } fragment V on Viewer { username securitySettings { "
+    + SETTINGS_FIELDS
+    + " } }"
+)
+SETTINGS_INLINE = (
+    "query { viewer { username ... on Viewer { securitySettings { " + SETTINGS_FIELDS + " } } } }"
+)
+# ...and apart: the session is already loaded (by `first`) when `viewer` asks for the settings.
+SETTINGS_APART = (
+    "query { first: viewer { username } viewer { username securitySettings { "
+    + SETTINGS_FIELDS
+    + " } } }"
+)
+
+
+async def test_f2_g4_settings_read_with_the_session_match_the_separate_read(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    """README, performance: `viewer { securitySettings }` reads the session, the user and the
+    summary in one statement, fragments or not; it shows what the separate read shows."""
+    token = await sign_up(client, username)
+    enrollment = (await data(client, BEGIN_TOTP, token=token))["beginTotpEnrollment"]
+    await data(client, CONFIRM_TOTP, {"c": pyotp.TOTP(enrollment["secret"]).now()}, token=token)
+    await data(client, ENABLE_2FA, token=token)
+    await data(client, NEW_BACKUP_CODE, token=token)
+    await data(client, TEMPORARY_PASSWORD, token=token)
+
+    apart = (await data(client, SETTINGS_APART, token=token))["viewer"]
+    assert apart["securitySettings"]["methods"] == ["TOTP", "BACKUP_CODE"]
+    assert apart["securitySettings"]["backupCodesActive"] == 2
+    for query in (SETTINGS_SPREAD, SETTINGS_INLINE):
+        with counted_statements() as statements:
+            together = (await data(client, query, token=token))["viewer"]
+        assert together == apart
+        # The temporary password, the phone and the devices: read because the query asks.
+        assert len(statements) == 4, statements
+    with counted_statements() as statements:
+        plain = await data(client, "{ viewer { securitySettings { methods } } }", token=token)
+    assert plain["viewer"]["securitySettings"]["methods"] == ["TOTP", "BACKUP_CODE"]
+    assert len(statements) == 1, statements
+
+
+async def test_g4_settings_read_with_the_session_refuse_revoked_and_expired_sessions(
+    clocked: httpx.AsyncClient, clock: MovableClock, settings: Settings, username: str
+) -> None:
+    token = await sign_up(clocked, username)
+    query = "{ viewer { securitySettings { twoFactorEnabled } } }"
+    assert (await data(clocked, query, token=token))["viewer"] is not None
+    for bad in ("", "x" * 129, token[:-1], token + "x"):
+        assert (await data(clocked, query, token=bad))["viewer"] is None, bad
+    clock.advance(settings.session_ttl_seconds + 1)
+    assert (await data(clocked, query, token=token))["viewer"] is None
+
+    other = await sign_up(clocked, username + "b")
+    assert (await data(clocked, query, token=other))["viewer"] is not None
+    assert (await data(clocked, "mutation { logout }", token=other)) == {"logout": True}
+    assert (await data(clocked, query, token=other))["viewer"] is None
 
 
 async def page_all(client: httpx.AsyncClient, token: str, first: int) -> list[dict[str, Any]]:

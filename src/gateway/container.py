@@ -92,7 +92,7 @@ def build_services(
         window=settings.login_failure_window_seconds,
     )
     accounts = AccountService(
-        passwords or Passwords(),
+        passwords or Passwords(threads=settings.argon2_threads),
         guard,
         session_ttl=timedelta(seconds=settings.session_ttl_seconds),
         reauth_window=timedelta(seconds=settings.reauth_window_seconds),

@@ -67,6 +67,9 @@ def serve(host: str, port: int, workers: int) -> int:
     if workers <= 1:
         GracefulServer(_config(host, port)).run()
         return 0
+    # The processes share the cores: each hashes at most its share of passwords at once.
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("KANMON_ARGON2_THREADS", str(max(1, cores // workers)))
     # Metrics of all processes in one scrape (prometheus-client's multiprocess mode).
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kanmon-metrics-"))
     context = multiprocessing.get_context("spawn")

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1)
+    # Password hashes computed at once per process; `kanmon serve --workers N` sets
+    # cores / N, so the gateway processes together never run more argon2 than there are cores.
+    argon2_threads: int | None = Field(default=None, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None

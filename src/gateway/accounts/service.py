@@ -45,6 +45,11 @@ class Client:
     ip_address: str | None
 
 
+def plausible_token(token: str) -> bool:
+    """Session tokens are 43 characters; anything empty or far longer is not looked up."""
+    return bool(token) and len(token) <= 128
+
+
 def username_key(username: str) -> str:
     return username.casefold()
 
@@ -157,9 +162,12 @@ class AccountService:
 
     async def session_for_token(self, token: str) -> Session | None:
         """A valid (known, unrevoked, unexpired) session with its user, else None."""
-        if not token or len(token) > 128:
+        if not plausible_token(token):
             return None
-        session = await session_with_user(token_digest(token))
+        return self.usable(await session_with_user(token_digest(token)))
+
+    def usable(self, session: Session | None) -> Session | None:
+        """The session if it is unrevoked and unexpired, else None."""
         if session is None or session.revoked_at is not None:
             return None
         return session if session.expires_at > self._clock() else None

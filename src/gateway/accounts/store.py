@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -15,16 +16,29 @@ async def lock_user(user_id: UUID) -> User:
     return await User.select_for_update().get(id=user_id)
 
 
-# Built once from the models' own column names; the token digest is a bound parameter.
-_SESSION_WITH_USER = sql.statement(
-    lambda: (
+def session_with_user_sql(more_columns: str = "") -> str:
+    """`SELECT <session as s_*>, <user as u_*> [, more] FROM sessions s JOIN users u WHERE
+    s.token_hash = {0}`: the user is `u`, for columns a higher layer adds (the settings)."""
+    extra = f", {more_columns}" if more_columns else ""
+    return (
         "SELECT "  # noqa: S608
         + sql.select_list(Session, "s", "s_")
         + ", "
         + sql.select_list(User, "u", "u_")
+        + extra
         + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {0}'
     )
-)
+
+
+# Built once from the models' own column names; the token digest is a bound parameter.
+_SESSION_WITH_USER = sql.statement(session_with_user_sql)
+
+
+def session_from_row(row: Mapping[str, Any]) -> Session:
+    session = sql.to_model(Session, row, "s_")
+    user = sql.to_model(User, row, "u_")
+    object.__setattr__(session, "_user", user)
+    return session
 
 
 async def session_with_user(token_hash: str) -> Session | None:
@@ -32,10 +46,4 @@ async def session_with_user(token_hash: str) -> Session | None:
     authenticated request starts here, so the SQL is written once instead of being built by
     the query builder on each call; the rows still become models the ORM's own way."""
     rows = await sql.fetch_rows(_SESSION_WITH_USER(), [token_hash])
-    if not rows:
-        return None
-    row: dict[str, Any] = rows[0]
-    session = sql.to_model(Session, row, "s_")
-    user = sql.to_model(User, row, "u_")
-    object.__setattr__(session, "_user", user)
-    return session
+    return session_from_row(rows[0]) if rows else None

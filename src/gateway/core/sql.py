@@ -7,7 +7,7 @@ own way, so the rest of the code cannot tell them apart."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any, TypeVar
 from uuid import UUID
@@ -62,7 +62,7 @@ def bind(connection: BaseDBAsyncClient, params: Sequence[Any]) -> list[Any]:
     return [str(p) if isinstance(p, UUID) else p for p in params]
 
 
-def to_model(model: type[M], row: dict[str, Any], prefix: str = "") -> M:
+def to_model(model: type[M], row: Mapping[str, Any], prefix: str = "") -> M:
     return model._init_from_db(**{c: row[f"{prefix}{c}"] for c in columns(model)})
 
 

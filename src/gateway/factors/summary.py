@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -40,7 +41,7 @@ def summary_columns(user_id_column: str) -> str:
     return _COLUMNS.format(u=user_id_column)
 
 
-def summary_from_row(two_factor_enabled: Any, row: dict[str, Any]) -> MethodSummary:
+def summary_from_row(two_factor_enabled: Any, row: Mapping[str, Any]) -> MethodSummary:
     return MethodSummary(
         two_factor_enabled=bool(two_factor_enabled),
         totp=bool(row["m_totp"]),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 from uuid import UUID
 
 import strawberry
+from graphql import FieldNode, FragmentSpreadNode, InlineFragmentNode, SelectionNode
 
 from gateway.accounts.service import Client
 from gateway.core import audit
@@ -29,6 +31,7 @@ from gateway.graphql.types import (
     encode_cursor,
 )
 from gateway.login.service import ChallengeView
+from gateway.security.service import SettingsView
 
 MAX_PAGE = 100
 
@@ -43,10 +46,12 @@ def client_of(info: Info, client: ClientInput) -> Client:
 class Viewer:
     id: strawberry.ID
     username: str
+    # Read with the session when the query asks for securitySettings (one round trip).
+    settings: strawberry.Private[SettingsView | None] = None
 
     @strawberry.field
     async def security_settings(self, info: Info) -> SecuritySettings:
-        view = await info.context.services.security.settings(_user_id(self))
+        view = self.settings or await info.context.services.security.settings(_user_id(self))
         return SecuritySettings.of(view)
 
     @strawberry.field
@@ -112,6 +117,30 @@ def _event_cursor(cursor: str) -> int:
     return int(raw)
 
 
+def _asks_for(info: Info, name: str) -> bool:
+    """Whether the field being resolved selects `name` directly (fragments included). Read
+    from graphql-core's syntax tree: strawberry's `selected_fields` rebuilds the whole
+    selection on each call, which costs more than the round trip this saves."""
+    raw = info._raw_info
+    pending: list[SelectionNode] = [
+        s for node in raw.field_nodes if node.selection_set for s in node.selection_set.selections
+    ]
+    while pending:
+        selection = pending.pop()
+        if isinstance(selection, FieldNode):
+            if selection.name.value == name:
+                return True
+            continue
+        if isinstance(selection, FragmentSpreadNode):
+            fragment = raw.fragments.get(selection.name.value)
+            selection_set = fragment.selection_set if fragment else None
+        else:
+            selection_set = cast(InlineFragmentNode, selection).selection_set
+        if selection_set is not None:
+            pending.extend(selection_set.selections)
+    return False
+
+
 def _user_id(viewer: Viewer) -> UUID:
     return UUID(str(viewer.id))
 
@@ -121,10 +150,15 @@ class AccountQuery:
     @strawberry.field
     async def viewer(self, info: Info) -> Viewer | None:
         """Null without a valid session (missing, unknown, revoked or expired token)."""
-        session = await info.context.session()
+        context = info.context
+        session = await context.session(with_settings=_asks_for(info, "securitySettings"))
         if session is None:
             return None
-        return Viewer(id=strawberry.ID(str(session.user.id)), username=session.user.username)
+        return Viewer(
+            id=strawberry.ID(str(session.user.id)),
+            username=session.user.username,
+            settings=context.settings,
+        )
 
 
 @strawberry.type
@@ -148,8 +182,9 @@ class AccountMutation:
         """L1, L2, L3, L6."""
         services = info.context.services
         caller = client_of(info, client)
+        checked = await services.login.check_password(username, password, caller)
         async with services.uow() as work:
-            outcome = await services.login.login(username, password, caller, work)
+            outcome = await services.login.finish_login(checked, caller, work)
         result = outcome.unwrap()
         if isinstance(result, ChallengeView):
             return LoginChallenge.of(result)

@@ -12,6 +12,7 @@ from gateway.accounts.models import Session
 from gateway.container import Services
 from gateway.core.errors import Unauthenticated
 from gateway.core.events import EventHub
+from gateway.security.service import SettingsView
 
 
 @dataclass
@@ -22,6 +23,7 @@ class GraphQLContext:
     events: EventHub
     # Strawberry fills this from `connection_init` on websockets; the attribute must exist.
     connection_params: dict[str, Any] | None = None
+    settings: SettingsView | None = None
     _session: Session | None = field(default=None, repr=False)
     _session_loaded: bool = field(default=False, repr=False)
 
@@ -38,11 +40,19 @@ class GraphQLContext:
             return None
         return token.strip()
 
-    async def session(self) -> Session | None:
-        """G4: the bearer token's session, looked up once per request."""
+    async def session(self, *, with_settings: bool = False) -> Session | None:
+        """G4: the bearer token's session, looked up once per request. `with_settings` reads
+        the user's settings summary in the same round trip (`settings` then holds it) when
+        this is the request's first lookup."""
         if not self._session_loaded:
             token = self.bearer_token()
-            self._session = await self.services.accounts.session_for_token(token) if token else None
+            if token and with_settings:
+                found = await self.services.security.session_with_settings(token)
+                self._session, self.settings = found if found else (None, None)
+            else:
+                self._session = (
+                    await self.services.accounts.session_for_token(token) if token else None
+                )
             self._session_loaded = True
         return self._session
 

@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import strawberry
 from graphql import ASTValidationRule, GraphQLError, NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxTokensLimiter,
-    ParserCache,
-    SchemaExtension,
-    ValidationCache,
-)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -25,7 +16,7 @@ from gateway.graphql.factors.temporary_passwords import TemporaryPasswordMutatio
 from gateway.graphql.factors.totp import TotpMutation
 from gateway.graphql.limits import MAX_TOKENS, DocumentLimitsRule
 from gateway.graphql.login import LoginMutation, LoginQuery
-from gateway.graphql.observability import OperationMetrics
+from gateway.graphql.observability import DocumentPipeline
 from gateway.graphql.security import SecurityMutation
 from gateway.graphql.subscriptions import Subscription
 
@@ -53,21 +44,14 @@ class KanmonSchema(strawberry.Schema):
 
 
 def build_schema(*, development: bool) -> strawberry.Schema:
-    # Introspection is refused by a validation rule, so ValidationCache covers it too.
+    # Introspection is refused by a validation rule, so the validation cache covers it too.
     rules: list[type[ASTValidationRule]] = [DocumentLimitsRule]
     if not development:
         rules.append(NoSchemaIntrospectionCustomRule)
-    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        OperationMetrics,
-        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: AddValidationRules(rules),
-        lambda: ParserCache(maxsize=1024),
-        lambda: ValidationCache(maxsize=1024),
-    ]
     return KanmonSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        extensions=extensions,
+        extensions=[lambda: DocumentPipeline(tuple(rules), MAX_TOKENS)],
         config=StrawberryConfig(disable_field_suggestions=not development),
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
+from gateway.accounts.models import User
 from gateway.accounts.service import AccountService, Client, IssuedSession
 from gateway.core import audit
 from gateway.core import code_throttle as throttle
@@ -60,6 +61,17 @@ class ChallengeView:
 LoginResult = IssuedSession | ChallengeView
 
 
+@dataclass(frozen=True)
+class PasswordCheck:
+    """`check_password`'s findings, for `finish_login`."""
+
+    key: str
+    password: str = field(repr=False)
+    seen_failures: int
+    candidate: tuple[User, MethodSummary] | None
+    password_ok: bool
+
+
 def parse_id(raw: str) -> UUID:
     try:
         return UUID(raw)
@@ -96,7 +108,15 @@ class LoginService:
     async def login(
         self, username: str, password: str, client: Client, work: UnitOfWork
     ) -> Outcome[LoginResult]:
-        """L1, L2, L3, L6. Wrong passwords all look alike; the throttle runs before argon2."""
+        """L1, L2, L3, L6: both steps below in the caller's unit of work."""
+        checked = await self.check_password(username, password, client)
+        return await self.finish_login(checked, client, work)
+
+    async def check_password(self, username: str, password: str, client: Client) -> PasswordCheck:
+        """The throttle, the account and argon2, outside any transaction: a hash takes tens of
+        milliseconds (more when logins queue for the cores), and a database connection held
+        open meanwhile is one the other requests cannot have. Wrong passwords all look alike;
+        the throttle runs before argon2."""
         if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
             raise BadUserInput("Username or password too long.")
         key = username.casefold()
@@ -105,13 +125,21 @@ class LoginService:
         password_ok = await self._accounts.passwords.verify(
             candidate[0].password_hash if candidate else None, password
         )
-        if candidate is None:
+        return PasswordCheck(key, password, seen_failures, candidate, password_ok)
+
+    async def finish_login(
+        self, checked: PasswordCheck, client: Client, work: UnitOfWork
+    ) -> Outcome[LoginResult]:
+        """What the password check leads to, in the unit of work: a session, a challenge, or
+        the failure counted and audited."""
+        key = checked.key
+        if checked.candidate is None:
             await self._accounts.guard.failed(key, client.ip_address)
             return Outcome(error=InvalidCredentials())
-        user, summary = candidate
-        if not password_ok:
-            if await self._temporary.consume(user.id, password):
-                await self._accounts.guard.succeeded(key, seen_failures)
+        user, summary = checked.candidate
+        if not checked.password_ok:
+            if await self._temporary.consume(user.id, checked.password):
+                await self._accounts.guard.succeeded(key, checked.seen_failures)
                 await audit.record(
                     user.id,
                     "login.succeeded",
@@ -126,7 +154,7 @@ class LoginService:
                 user.id, "login.failed", detail="password", ip_address=client.ip_address
             )
             return Outcome(error=InvalidCredentials())
-        await self._accounts.guard.succeeded(key, seen_failures)
+        await self._accounts.guard.succeeded(key, checked.seen_failures)
         if not user.two_factor_enabled:
             await audit.record(
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address

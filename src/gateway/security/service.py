@@ -7,10 +7,11 @@ from datetime import datetime
 from uuid import UUID
 
 from gateway.accounts.models import Session, User
-from gateway.accounts.service import AccountService
-from gateway.accounts.store import lock_user
-from gateway.core import audit, code_throttle
+from gateway.accounts.service import AccountService, plausible_token
+from gateway.accounts.store import lock_user, session_from_row, session_with_user_sql
+from gateway.core import audit, code_throttle, sql
 from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import token_digest
 from gateway.core.errors import BadUserInput, InvalidCode, MethodNotAvailable
 from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
@@ -20,7 +21,12 @@ from gateway.factors.base import METHOD_ORDER, PRIMARY_METHODS, TwoFactorMethod
 from gateway.factors.push.models import Device, Platform
 from gateway.factors.push.service import Enrollment, PushService
 from gateway.factors.sms.service import PhoneView, SmsService, phone_view
-from gateway.factors.summary import MethodSummary, method_summary
+from gateway.factors.summary import (
+    MethodSummary,
+    method_summary,
+    summary_columns,
+    summary_from_row,
+)
 from gateway.factors.temporary_passwords.service import (
     IssuedTemporaryPassword,
     TemporaryPasswordService,
@@ -85,6 +91,9 @@ class SettingsChange:
     two_factor_disabled: bool
 
 
+_SESSION_WITH_SUMMARY = sql.statement(lambda: session_with_user_sql(summary_columns('u."id"')))
+
+
 class SecurityService:
     def __init__(
         self,
@@ -119,6 +128,18 @@ class SecurityService:
     async def settings(self, user_id: UUID) -> SettingsView:
         """F2."""
         return SettingsView(user_id, await method_summary(user_id), self)
+
+    async def session_with_settings(self, token: str) -> tuple[Session, SettingsView] | None:
+        """G4 and F2 in one round trip, for `viewer { securitySettings }`: the session lookup
+        every authenticated request makes, with the summary the settings page shows."""
+        if not plausible_token(token):
+            return None
+        rows = await sql.fetch_rows(_SESSION_WITH_SUMMARY(), [token_digest(token)])
+        session = self._accounts.usable(session_from_row(rows[0])) if rows else None
+        if session is None:
+            return None
+        summary = summary_from_row(session.user.two_factor_enabled, rows[0])
+        return session, SettingsView(session.user.id, summary, self)
 
     async def primary_methods(self, user_id: UUID) -> set[TwoFactorMethod]:
         """What keeps 2FA on: a verified phone, a confirmed authenticator, a push device."""
