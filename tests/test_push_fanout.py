@@ -33,6 +33,7 @@ from tests.push_helpers import (
     settings_of,
     unique_push_token,
 )
+from tests.statements import counted_statements
 
 PUSH = "push"
 
@@ -102,6 +103,26 @@ async def test_p2_p10_one_data_message_per_device_carrying_only_type_and_request
     # The job is done: running the worker again sends nothing more.
     await run_worker(fcm_settings, PUSH)
     assert all(len(fcm.requests_to(app.push_token)) == 1 for app in account.apps)
+
+
+async def test_p2_a_first_try_is_two_statements_whatever_the_number_of_devices(
+    client: httpx.AsyncClient, fcm: FakeFcm, fcm_settings: Settings
+) -> None:
+    """README, performance: the job reads the request with its pushable devices in one
+    statement and records every send of the batch in one more."""
+    account = await push_account(client, devices=3)
+    challenge = await login(client, account.username)
+    request_id = await request_id_of(challenge)
+
+    with counted_statements() as statements:
+        assert await run_worker(fcm_settings, PUSH) >= 1
+
+    assert len(statements) == 2, statements
+    assert statements[1].startswith('INSERT INTO "push_sends"')
+    sends = await sends_of(request_id)
+    assert {str(d) for d in sends} == {app.device_id for app in account.apps}
+    assert all((s.outcome, s.attempts) == ("sent", 1) for s in sends.values())
+    assert all(len(fcm.sent_to(app.push_token)) == 1 for app in account.apps)
 
 
 async def test_p2_unregistered_and_sender_id_mismatch_switch_only_that_device_off(

@@ -9,7 +9,9 @@ from uuid import UUID
 
 from gateway.core.clock import Clock, utc_now
 from gateway.core.metrics import PUSH_SENDS
-from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushSend
+from gateway.factors.push import fanout_store
+from gateway.factors.push.fanout_store import FirstSend
+from gateway.factors.push.models import Device, LoginRequestStatus, PushSend
 from gateway.factors.push.port import MAX_BATCH, PushMessage, PushOutcome, PushSender
 
 DEAD_TOKEN = frozenset({PushOutcome.UNREGISTERED, PushOutcome.SENDER_ID_MISMATCH})
@@ -23,9 +25,12 @@ class PushFanOut:
 
     async def run(self, request_id: UUID, job_try: int) -> float | None:
         """Sends what is left to send; returns a delay when some devices should be retried."""
-        request = await LoginRequest.get_or_none(id=request_id)
+        found = await fanout_store.request_and_devices(request_id)
         now = self._clock()
-        if request is None or request.status is not LoginRequestStatus.PENDING:
+        if found is None:
+            return None
+        request, targets = found
+        if request.status is not LoginRequestStatus.PENDING:
             return None
         ttl = math.floor((request.expires_at - now).total_seconds())
         if ttl <= 0:
@@ -40,17 +45,28 @@ class PushFanOut:
                 if row.outcome is not None and row.outcome != PushOutcome.RETRY.value
             }
         )
-        devices = [
-            d
-            for d in await Device.filter(user_id=request.user_id, push_enabled=True)
-            if d.id not in settled
-        ]
+        devices = [t for t in targets if t.device_id not in settled]
         retry = False
         for start in range(0, len(devices), MAX_BATCH):
             batch = devices[start : start + MAX_BATCH]
-            messages = [PushMessage(d.id, d.push_token, str(request.id), ttl) for d in batch]
-            for result in await self._sender.send(messages):
-                await self._record(request.id, result.device_id, result.outcome, first_try)
+            messages = [PushMessage(d.device_id, d.push_token, str(request.id), ttl) for d in batch]
+            results = await self._sender.send(messages)
+            if first_try:
+                sent_at = self._clock()
+                await fanout_store.record_first_sends(
+                    request.id,
+                    [
+                        FirstSend(
+                            r.device_id,
+                            r.outcome,
+                            sent_at if r.outcome is PushOutcome.SENT else None,
+                        )
+                        for r in results
+                    ],
+                )
+            for result in results:
+                if not first_try:
+                    await self._record_retry(request.id, result.device_id, result.outcome)
                 PUSH_SENDS.labels(result.outcome.value).inc()
                 if result.outcome in DEAD_TOKEN:
                     await Device.filter(id=result.device_id).update(
@@ -62,20 +78,7 @@ class PushFanOut:
         delay = min(2 ** max(job_try - 1, 0), MAX_BACKOFF_SECONDS) * random.uniform(0.5, 1.5)
         return delay if delay < ttl else None
 
-    async def _record(
-        self, request_id: UUID, device_id: UUID, outcome: PushOutcome, first_try: bool
-    ) -> None:
-        if first_try:
-            # Nothing was recorded before the first try: one insert instead of read + write.
-            sent_at = self._clock() if outcome is PushOutcome.SENT else None
-            await PushSend.create(
-                request_id=request_id,
-                device_id=device_id,
-                outcome=outcome.value,
-                attempts=1,
-                sent_at=sent_at,
-            )
-            return
+    async def _record_retry(self, request_id: UUID, device_id: UUID, outcome: PushOutcome) -> None:
         row, _ = await PushSend.get_or_create(request_id=request_id, device_id=device_id)
         row.outcome = outcome.value
         row.attempts += 1

@@ -1,0 +1,74 @@
+"""The queries of a `push.fan_out` job (P2), written once: a push worker runs one job per login
+request, and the query builder cost more CPU per job than the database spent on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from gateway.core import sql
+from gateway.factors.push.models import LoginRequest
+from gateway.factors.push.port import PushOutcome
+
+# The request and its user's pushable devices in one round trip; no device still gives the row.
+_REQUEST_AND_DEVICES = sql.statement(
+    lambda: (
+        "SELECT "  # noqa: S608
+        + sql.select_list(LoginRequest, "r", "r_")
+        + ', d."id" AS "d_id", d."push_token" AS "d_push_token"'
+        ' FROM "login_requests" r LEFT JOIN "devices" d'
+        ' ON d."user_id" = r."user_id" AND d."push_enabled"'
+        ' WHERE r."id" = {0} ORDER BY d."created_at", d."id"'
+    )
+)
+
+SEND_COLUMNS = '"id", "request_id", "device_id", "outcome", "attempts", "sent_at"'
+
+
+@dataclass(frozen=True)
+class Target:
+    device_id: UUID
+    push_token: str
+
+
+@dataclass(frozen=True)
+class FirstSend:
+    device_id: UUID
+    outcome: PushOutcome
+    sent_at: datetime | None
+
+
+async def request_and_devices(request_id: UUID) -> tuple[LoginRequest, list[Target]] | None:
+    """The request as it is now and the devices its push may go to, oldest first."""
+    rows = await sql.fetch_rows(_REQUEST_AND_DEVICES(), [request_id])
+    if not rows:
+        return None
+    request = sql.to_model(LoginRequest, rows[0], "r_")
+    targets = [
+        Target(_uuid(row["d_id"]), str(row["d_push_token"]))
+        for row in rows
+        if row["d_id"] is not None
+    ]
+    return request, targets
+
+
+async def record_first_sends(request_id: UUID, sends: Sequence[FirstSend]) -> None:
+    """Nothing was recorded before a request's first try: one insert for the whole batch."""
+    if not sends:
+        return
+    values: list[object] = []
+    groups: list[str] = []
+    for send in sends:
+        first = len(values)
+        groups.append("(" + ", ".join(f"{{{first + i}}}" for i in range(6)) + ")")
+        values += [uuid4(), request_id, send.device_id, send.outcome.value, 1, send.sent_at]
+    # Only fixed column names and numbered placeholders go into the text; values are bound.
+    statement = f'INSERT INTO "push_sends" ({SEND_COLUMNS}) VALUES ' + ", ".join(groups)  # noqa: S608
+    await sql.execute(statement, values)
+
+
+def _uuid(value: object) -> UUID:
+    """asyncpg gives UUIDs; SQLite keeps them as text."""
+    return value if isinstance(value, UUID) else UUID(str(value))
