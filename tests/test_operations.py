@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from websockets.asyncio.client import connect
 from gateway.app import create_app
 from gateway.container import Services
 from gateway.core.jobs import queue_key
+from gateway.core.metrics import watch_gc_pauses
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 from gateway.core.uow import UnitOfWorkFactory
 from gateway.factors.sms.models import SmsAttempt, SmsMessage, SmsStatus
@@ -727,3 +729,29 @@ async def test_o3_logs_are_json_with_a_request_id(client: httpx.AsyncClient) -> 
     assert entry["time"]
     [outside] = logs.entries("outside any request")
     assert "request_id" not in outside
+
+
+async def test_o3_garbage_collector_pauses_are_timed(client: httpx.AsyncClient) -> None:
+    """Each collection's pause lands in kanmon_gc_pause_seconds, by generation; installing the
+    watch twice (a process that builds two apps) times each collection once."""
+    ours = [c for c in gc.callbacks if c.__qualname__.startswith("watch_gc_pauses")]
+    watch_gc_pauses()
+    watch_gc_pauses()
+    added = [c for c in gc.callbacks if c.__qualname__.startswith("watch_gc_pauses")]
+    try:
+        assert len(added) == 1
+        before, _ = await scrape(client)
+        gc.collect(2)
+        gc.collect(0)
+        after, types = await scrape(client)
+    finally:
+        for callback in added:
+            if callback not in ours:
+                gc.callbacks.remove(callback)
+    assert types["kanmon_gc_pause_seconds"] == "histogram"
+    for generation in ("0", "2"):
+        count = "kanmon_gc_pause_seconds_count"
+        grew = sample(after, count, generation=generation) - sample(
+            before, count, generation=generation
+        )
+        assert grew >= 1, generation

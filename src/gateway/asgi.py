@@ -7,6 +7,7 @@ import gc
 from starlette.applications import Starlette
 
 from gateway.app import create_app
+from gateway.core.metrics import watch_gc_pauses
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 
@@ -22,4 +23,5 @@ def app_from_environment() -> Starlette:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
+    watch_gc_pauses()
     return app

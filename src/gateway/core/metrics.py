@@ -7,8 +7,11 @@ Several gateway processes behind one port share a PROMETHEUS_MULTIPROC_DIR (set 
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,6 +63,13 @@ OPEN_SUBSCRIPTIONS = Gauge(
     multiprocess_mode="livesum",
 )
 
+GC_PAUSE_SECONDS = Histogram(
+    "kanmon_gc_pause_seconds",
+    "Cyclic garbage collector pauses by generation: the whole process waits meanwhile.",
+    ["generation"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_OPERATION_NAMES = 200
 _seen_operations: set[str] = set()
@@ -81,3 +91,19 @@ def render() -> tuple[bytes, str]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def watch_gc_pauses() -> None:
+    """Times every collection into GC_PAUSE_SECONDS: a process serving a thousand websockets
+    stalls for each full one, and latency tails are where that shows first."""
+    started = 0.0
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+            return
+        GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(time.perf_counter() - started)
+
+    if not any(getattr(c, "__qualname__", "").startswith("watch_gc_pauses") for c in gc.callbacks):
+        gc.callbacks.append(timed)
