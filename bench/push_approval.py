@@ -971,6 +971,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             httpx.AsyncClient(base_url=args.b, limits=approval_limits, timeout=STEP_SECONDS)
             for _ in range(APPROVAL_SHARDS)
         ]
+        # Every connection opened before the clock starts: a connect (and uvicorn's accept) on
+        # the first approvals of each shard read as approval latency at the start of the phase.
+        await asyncio.gather(
+            *(
+                graphql(shard, "{ __typename }")
+                for shard in shards
+                for _ in range(APPROVAL_CONNECTIONS_PER_SHARD)
+            )
+        )
         # The bench holds 1,000 websockets and their readers: one of its own full collections
         # stalled its loop for 0.3 to 0.7 s mid-phase, and every approval in flight then read
         # as that much slower. Nothing is collected while it measures.
