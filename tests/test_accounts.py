@@ -324,11 +324,12 @@ async def test_l1_the_password_is_checked_with_no_transaction_open(
 
 
 async def test_l1_a_gateway_process_hashes_at_most_its_share_of_passwords_at_once(
-    username: str,
+    settings: Settings, redis: ArqRedis
 ) -> None:
     """`kanmon serve --workers N` gives each process cores / N argon2 threads
     (KANMON_ARGON2_THREADS): more hashes at once only evict each other from the caches."""
-    assert Settings(argon2_threads=1).argon2_threads == 1
+    built = build_services(settings.model_copy(update={"argon2_threads": 1}), redis)
+    assert built.accounts.passwords._pool._max_workers == 1
     passwords = WatchedPasswords(threads=1)
     stored = await passwords.hash(PASSWORD)
     results = await asyncio.gather(*(passwords.verify(stored, PASSWORD) for _ in range(6)))

@@ -39,6 +39,7 @@ from websockets.asyncio.client import connect
 
 from gateway.app import create_app
 from gateway.container import Services
+from gateway.core import metrics
 from gateway.core.jobs import queue_key
 from gateway.core.metrics import watch_gc_pauses
 from gateway.core.outbox import OutboxMessage, OutboxRelay
@@ -734,20 +735,18 @@ async def test_o3_logs_are_json_with_a_request_id(client: httpx.AsyncClient) -> 
 async def test_o3_garbage_collector_pauses_are_timed(client: httpx.AsyncClient) -> None:
     """Each collection's pause lands in kanmon_gc_pause_seconds, by generation; installing the
     watch twice (a process that builds two apps) times each collection once."""
-    ours = [c for c in gc.callbacks if c.__qualname__.startswith("watch_gc_pauses")]
+    was_installed = metrics._time_collection in gc.callbacks
     watch_gc_pauses()
     watch_gc_pauses()
-    added = [c for c in gc.callbacks if c.__qualname__.startswith("watch_gc_pauses")]
     try:
-        assert len(added) == 1
+        assert gc.callbacks.count(metrics._time_collection) == 1
         before, _ = await scrape(client)
         gc.collect(2)
         gc.collect(0)
         after, types = await scrape(client)
     finally:
-        for callback in added:
-            if callback not in ours:
-                gc.callbacks.remove(callback)
+        if not was_installed:
+            gc.callbacks.remove(metrics._time_collection)
     assert types["kanmon_gc_pause_seconds"] == "histogram"
     for generation in ("0", "2"):
         count = "kanmon_gc_pause_seconds_count"

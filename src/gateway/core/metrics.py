@@ -93,17 +93,20 @@ def render() -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+_gc_started = 0.0
+
+
+def _time_collection(phase: str, info: dict[str, Any]) -> None:
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(time.perf_counter() - _gc_started)
+
+
 def watch_gc_pauses() -> None:
-    """Times every collection into GC_PAUSE_SECONDS: a process serving a thousand websockets
-    stalls for each full one, and latency tails are where that shows first."""
-    started = 0.0
-
-    def timed(phase: str, info: dict[str, Any]) -> None:
-        nonlocal started
-        if phase == "start":
-            started = time.perf_counter()
-            return
-        GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(time.perf_counter() - started)
-
-    if not any(getattr(c, "__qualname__", "").startswith("watch_gc_pauses") for c in gc.callbacks):
-        gc.callbacks.append(timed)
+    """Times every collection into GC_PAUSE_SECONDS (once, however often it is called): a
+    process serving a thousand websockets stalls for each full one, and latency tails are
+    where that shows first."""
+    if _time_collection not in gc.callbacks:
+        gc.callbacks.append(_time_collection)

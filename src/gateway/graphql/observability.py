@@ -26,24 +26,22 @@ Checked = tuple[DocumentNode, list[GraphQLError]]
 
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)
-def _parsed(query: str, max_tokens: int) -> DocumentNode:
-    """Shared by every request of the process: documents are never changed after parsing.
-    A document over the token limit raises and is not cached."""
-    return parse(query, max_tokens=max_tokens)
-
-
-@lru_cache(maxsize=CACHED_DOCUMENTS)
 def _checked(
     schema: GraphQLSchema, query: str, max_tokens: int, rules: tuple[type[ASTValidationRule], ...]
 ) -> Checked:
-    document = _parsed(query, max_tokens)
+    """Shared by every request of the process: documents and their errors are never changed
+    after this. A document over the token limit raises here and is not cached."""
+    document = parse(query, max_tokens=max_tokens)
     return document, validate_document(schema, document, rules)
 
 
 class DocumentPipeline(SchemaExtension):
+    """Strawberry refuses a request without a query before parsing, so `query` is set here."""
+
     def __init__(self, rules: tuple[type[ASTValidationRule], ...], max_tokens: int) -> None:
         self._rules = rules
         self._max_tokens = max_tokens
+        self._errors: list[GraphQLError] = []
 
     def on_operation(self) -> Iterator[None]:
         started = time.perf_counter()
@@ -55,19 +53,12 @@ class DocumentPipeline(SchemaExtension):
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
-        if context.query is not None:
-            context.graphql_document = _parsed(context.query, self._max_tokens)
+        assert context.query, "strawberry refuses an empty query first"
+        context.graphql_document, self._errors = _checked(
+            context.schema._schema, context.query, self._max_tokens, context.validation_rules
+        )
         yield
 
     def on_validate(self) -> Iterator[None]:
-        context = self.execution_context
-        if context.query is not None:
-            _, errors = _checked(
-                context.schema._schema, context.query, self._max_tokens, context.validation_rules
-            )
-        else:
-            document = context.graphql_document
-            assert document is not None, "parsed before validation"
-            errors = validate_document(context.schema._schema, document, context.validation_rules)
-        context.pre_execution_errors = errors
+        self.execution_context.pre_execution_errors = self._errors
         yield

@@ -10,7 +10,6 @@ from uuid import UUID
 from gateway.core.clock import Clock, utc_now
 from gateway.core.metrics import PUSH_SENDS
 from gateway.factors.push import fanout_store
-from gateway.factors.push.fanout_store import FirstSend
 from gateway.factors.push.models import Device, LoginRequestStatus, PushSend
 from gateway.factors.push.port import MAX_BATCH, PushMessage, PushOutcome, PushSender
 
@@ -52,18 +51,7 @@ class PushFanOut:
             messages = [PushMessage(d.device_id, d.push_token, str(request.id), ttl) for d in batch]
             results = await self._sender.send(messages)
             if first_try:
-                sent_at = self._clock()
-                await fanout_store.record_first_sends(
-                    request.id,
-                    [
-                        FirstSend(
-                            r.device_id,
-                            r.outcome,
-                            sent_at if r.outcome is PushOutcome.SENT else None,
-                        )
-                        for r in results
-                    ],
-                )
+                await fanout_store.record_first_sends(request.id, results, self._clock())
             for result in results:
                 if not first_try:
                     await self._record_retry(request.id, result.device_id, result.outcome)

@@ -10,7 +10,7 @@ from uuid import UUID, uuid4
 
 from gateway.core import sql
 from gateway.factors.push.models import LoginRequest
-from gateway.factors.push.port import PushOutcome
+from gateway.factors.push.port import PushOutcome, PushResult
 
 # The request and its user's pushable devices in one round trip; no device still gives the row.
 _REQUEST_AND_DEVICES = sql.statement(
@@ -33,13 +33,6 @@ class Target:
     push_token: str
 
 
-@dataclass(frozen=True)
-class FirstSend:
-    device_id: UUID
-    outcome: PushOutcome
-    sent_at: datetime | None
-
-
 async def request_and_devices(request_id: UUID) -> tuple[LoginRequest, list[Target]] | None:
     """The request as it is now and the devices its push may go to, oldest first."""
     rows = await sql.fetch_rows(_REQUEST_AND_DEVICES(), [request_id])
@@ -54,16 +47,20 @@ async def request_and_devices(request_id: UUID) -> tuple[LoginRequest, list[Targ
     return request, targets
 
 
-async def record_first_sends(request_id: UUID, sends: Sequence[FirstSend]) -> None:
-    """Nothing was recorded before a request's first try: one insert for the whole batch."""
-    if not sends:
+async def record_first_sends(
+    request_id: UUID, results: Sequence[PushResult], sent_at: datetime
+) -> None:
+    """Nothing was recorded before a request's first try: one insert for the whole batch;
+    `sent_at` only for the messages FCM took."""
+    if not results:
         return
     values: list[object] = []
     groups: list[str] = []
-    for send in sends:
+    for result in results:
         first = len(values)
         groups.append("(" + ", ".join(f"{{{first + i}}}" for i in range(6)) + ")")
-        values += [uuid4(), request_id, send.device_id, send.outcome.value, 1, send.sent_at]
+        sent = sent_at if result.outcome is PushOutcome.SENT else None
+        values += [uuid4(), request_id, result.device_id, result.outcome.value, 1, sent]
     # Only fixed column names and numbered placeholders go into the text; values are bound.
     statement = f'INSERT INTO "push_sends" ({SEND_COLUMNS}) VALUES ' + ", ".join(groups)  # noqa: S608
     await sql.execute(statement, values)
