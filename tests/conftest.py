@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
-from arq.worker import Worker
 
 from gateway.app import create_app
 from gateway.container import Services, build_services, connect_redis
@@ -22,6 +21,7 @@ from gateway.core.passwords import Passwords
 from gateway.logs import JsonFormatter
 from gateway.settings import Environment, Settings, new_key_text
 from tests.backends import Backends, open_backends
+from workers.runner import KanmonWorker
 from workers.settings import worker_options
 
 # Cheaper argon2 for the suite's many sign-ups; the production parameters have their own test.
@@ -144,7 +144,7 @@ def username() -> str:
 
 async def run_worker(settings: Settings, queue: str) -> int:
     """Runs one real arq worker in burst mode until its queue is empty; returns jobs completed."""
-    worker = Worker(**worker_options(settings, queue), burst=True, handle_signals=False)
+    worker = KanmonWorker(**worker_options(settings, queue), burst=True, handle_signals=False)
     worker.cron_jobs = []
     try:
         await worker.main()

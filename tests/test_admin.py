@@ -17,7 +17,6 @@ import httpx
 import pyotp
 import pytest
 from arq.connections import ArqRedis
-from arq.worker import Worker
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from redis.asyncio.connection import ConnectionPool
@@ -51,6 +50,7 @@ from gateway.settings import Settings
 from tests.conftest import run_worker
 from tests.graphql_client import data
 from tests.sms_helpers import User, domain_user, fresh_number, verified_phone
+from workers.runner import KanmonWorker
 from workers.settings import worker_options
 
 KANMON = Path(sys.executable).parent / "kanmon"
@@ -358,7 +358,9 @@ async def test_o1_cli_queues_and_worker_check_follow_a_real_worker(
     await redis.delete(key)
     assert (await kanmon(settings, "worker", "--queue", QUEUE_MAINTENANCE, "--check")).code == 1
 
-    worker = Worker(**worker_options(settings, QUEUE_MAINTENANCE), burst=True, handle_signals=False)
+    worker = KanmonWorker(
+        **worker_options(settings, QUEUE_MAINTENANCE), burst=True, handle_signals=False
+    )
     worker.cron_jobs = []
     try:
         await worker.main()  # burst: drains the queue, has written its health-check key

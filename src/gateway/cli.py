@@ -38,9 +38,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from arq.worker import Worker
-
     from gateway.logs import configure_logging
+    from workers.runner import KanmonWorker
     from workers.settings import worker_options
 
     configure_logging()
@@ -58,7 +57,7 @@ def _worker(args: argparse.Namespace) -> int:
 
         start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host)
     _use_uvloop()
-    worker = Worker(**options, burst=args.burst)
+    worker = KanmonWorker(**options, burst=args.burst)
     worker.run()
     return 0
 

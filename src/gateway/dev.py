@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from arq.worker import Worker
 
 from gateway.app import create_app
 from gateway.core.db import apply_migrations
@@ -67,6 +66,7 @@ async def run_dev(settings: Settings) -> int:
 
 
 async def _serve_all(settings: Settings) -> int:
+    from workers.runner import KanmonWorker
     from workers.settings import functions_for, worker_options
 
     config = uvicorn.Config(
@@ -78,7 +78,7 @@ async def _serve_all(settings: Settings) -> int:
     )
     server = _AnnouncingServer(config)
     workers = [
-        Worker(**worker_options(settings, q), handle_signals=False)
+        KanmonWorker(**worker_options(settings, q), handle_signals=False)
         for q in QUEUES
         if functions_for(q)
     ]

@@ -8,12 +8,13 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-from arq.connections import ArqRedis
+from redis.asyncio import Redis
 from tortoise import fields
 from tortoise.models import Model
 
 from gateway.core.clock import utc_now
-from gateway.core.jobs import JobRequest, queue_key
+from gateway.core.job_queue import JobQueue
+from gateway.core.jobs import JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,17 @@ async def add(job: JobRequest) -> OutboxMessage:
 
 
 class OutboxRelay:
-    def __init__(self, pool: ArqRedis) -> None:
-        self._pool = pool
+    def __init__(self, redis: Redis) -> None:
+        self._queue = JobQueue(redis)
 
     async def dispatch(self, messages: list[OutboxMessage]) -> int:
-        """Enqueues each message with its row id as arq `_job_id`, so a message dispatched twice
-        (relay, then sweeper) is one job while it or its result exists."""
+        """Enqueues each message with its row id as the arq job id, so a message dispatched
+        twice (relay, then sweeper) is one job while it or its result exists."""
         done = []
         for message in messages:
             try:
-                await self._pool.enqueue_job(
-                    message.job_name,
-                    message.payload,
-                    _job_id=str(message.id),
-                    _queue_name=queue_key(message.queue),
+                await self._queue.enqueue(
+                    message.job_name, message.payload, str(message.id), message.queue
                 )
             except Exception:  # Redis down: the sweeper retries; the row is the source of truth.
                 log.warning("outbox dispatch failed", extra={"outbox_id": str(message.id)})
