@@ -17,6 +17,7 @@ import pytest
 from gateway.factors.push.models import Device, LoginRequest, PushSend
 from gateway.settings import Settings
 from tests.conftest import run_worker
+from workers.settings import PUSH_CONCURRENCY
 from tests.fakes.fcm import (
     INTERNAL,
     QUOTA_EXCEEDED,
@@ -103,6 +104,24 @@ async def test_p2_p10_one_data_message_per_device_carrying_only_type_and_request
     # The job is done: running the worker again sends nothing more.
     await run_worker(fcm_settings, PUSH)
     assert all(len(fcm.requests_to(app.push_token)) == 1 for app in account.apps)
+
+
+async def test_p2_a_push_worker_keeps_many_fan_outs_in_flight(
+    client: httpx.AsyncClient, fcm: FakeFcm, fcm_settings: Settings
+) -> None:
+    """FCM is tens of milliseconds away: a worker with few sends in flight (arq's default is 10
+    jobs) is capped at that many per round trip to FCM, however idle its CPU."""
+    accounts = [await push_account(client) for _ in range(PUSH_CONCURRENCY // 3 + 1)]
+    for account in accounts:
+        for n in range(3):  # P10: at most 3 pending requests per account
+            await login(client, account.username, "WEB", f"browser {n}")
+    fcm.hold_answers(PUSH_CONCURRENCY, timeout=10)
+
+    assert await run_worker(fcm_settings, PUSH) == 3 * len(accounts)
+    assert fcm.most_held == PUSH_CONCURRENCY
+    for account in accounts:
+        assert len(fcm.sent_to(account.apps[0].push_token)) == 3
+        assert len(fcm.requests_to(account.apps[0].push_token)) == 3  # none retried
 
 
 async def test_p2_a_first_try_is_two_statements_whatever_the_number_of_devices(

@@ -140,6 +140,30 @@ async def _never_run(job_id: str, score: int) -> None:
     """Stands in for arq's run_job: the claim, not the job, is under test."""
 
 
+async def test_o2_a_job_running_here_is_passed_over_without_a_round_trip(
+    settings: Settings, redis: ArqRedis
+) -> None:
+    await _drained(settings)
+    [running] = await _enqueue(redis, 1)
+    worker = _polling_worker(settings, redis)
+    release = asyncio.Event()
+
+    async def held_open(job_id: str, score: int) -> None:
+        await release.wait()
+
+    worker.run_job = held_open  # type: ignore[method-assign]
+    await worker.start_jobs([running.encode()])
+    assert worker.job_counter == 1
+    before = await _commands(redis, "evalsha")
+    await worker.start_jobs([running.encode()])  # the next poll meets it again
+    assert await _commands(redis, "evalsha") == before
+    assert worker.job_counter == 1
+    release.set()
+    await worker.tasks[running]
+    await redis.delete(in_progress_key_prefix + running)
+    assert await run_worker(settings, QUEUE_MAINTENANCE) == 1
+
+
 async def test_o2_claim_and_enqueue_take_one_round_trip_each(
     settings: Settings, redis: ArqRedis
 ) -> None:

@@ -3,9 +3,11 @@
 arq claims a job under WATCH (is it running elsewhere? is it still queued, and due?) and marks it
 in progress in MULTI/EXEC: four Redis round trips per job, a third of a push worker's Redis
 traffic and about a tenth of its CPU per fan-out job on a 2-core machine. The script below makes
-the same checks and the same mark atomically. Everything else (polling, running, retries,
-results, health checks, shutdown) is arq's. `start_jobs` follows arq 0.28's line for line but for
-the claim; tests/test_worker_claim.py fails when arq's own changes, so an upgrade is reviewed."""
+the same checks and the same mark atomically, and a job this worker is running is passed over
+without asking Redis (a job stays in the queue until it ends, so each poll meets the running ones
+again). Everything else (polling, running, retries, results, health checks, shutdown) is arq's.
+`start_jobs` follows arq 0.28's line for line but for the claim; tests/test_worker_claim.py fails
+when arq's own changes, so an upgrade is reviewed."""
 
 from __future__ import annotations
 
@@ -49,6 +51,11 @@ class KanmonWorker(Worker):
             self.job_counter = self.job_counter + 1
 
             job_id = job_id_b.decode()
+            if job_id in self.tasks and not self.tasks[job_id].done():
+                # Running here: a job stays queued until it ends, so every poll meets it again.
+                self.job_counter = self.job_counter - 1
+                self.sem.release()
+                continue
             ttl_ms = int(self.in_progress_timeout_s * 1000)
             keys = [in_progress_key_prefix + job_id, self.queue_name]
             score = await claim(keys=keys, args=[job_id, ttl_ms, timestamp_ms()])

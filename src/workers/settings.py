@@ -34,6 +34,10 @@ from workers.providers import build_push_sender, build_sms_delivery
 
 SMS_JOB_TIMEOUT = 10
 PUSH_JOB_TIMEOUT = 10
+# Fan-out jobs mostly wait on FCM (tens of ms away in production); arq's default of 10 at once
+# would cap a worker at 10 / FCM's latency. 50 in flight keep one core busy either way, and the
+# poll that refills free slots runs once for many jobs instead of once for one or two.
+PUSH_CONCURRENCY = 50
 MAINTENANCE_JOB_TIMEOUT = 30
 
 
@@ -134,6 +138,7 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         if queue == QUEUE_MAINTENANCE
         else settings.fast_poll_delay_seconds,
         "max_tries": max_tries(settings),
+        **({"max_jobs": PUSH_CONCURRENCY} if queue == QUEUE_PUSH else {}),
         # An SMS job checks the message's status before sending, so a kept result (one more
         # Redis write per job) buys nothing there; push keeps it: its job id dedupes a request
         # relayed twice, whose first try does not read what was already sent.

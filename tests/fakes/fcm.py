@@ -24,6 +24,7 @@ timeout. `workers.adapters.fcm` refreshes tokens in a thread, so it never does.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -184,6 +185,14 @@ class TokenRequest:
 
 
 @dataclass
+class _Hold:
+    count: int
+    timeout: float
+    waiting: int = 0
+    full: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
 class _Scripts:
     once: dict[str, deque[Answer]] = field(default_factory=dict)
     always: dict[str, Answer] = field(default_factory=dict)
@@ -206,6 +215,8 @@ class FakeFcm:
         self.issued_tokens: list[str] = []
         self._answered = 0
         self._scripts = _Scripts()
+        self._hold: _Hold | None = None
+        self.most_held = 0
         self._loopback = LoopbackServer(self._app, "fake FCM server")
         self._port: int | None = None
 
@@ -275,6 +286,31 @@ class FakeFcm:
     def answer_always(self, token: str, answer: Answer) -> None:
         """Every send request to `token` gets `answer` (retries included)."""
         self._scripts.always[token] = answer
+
+    def hold_answers(self, count: int, timeout: float) -> None:
+        """Accepted sends wait for an answer until `count` of them are waiting at once; one
+        that waits `timeout` seconds in vain is answered UNAVAILABLE. `most_held` is the most
+        that waited at once: how many sends a client keeps in flight."""
+        self._hold = _Hold(count, timeout)
+        self.most_held = 0
+
+    async def _held(self) -> bool:
+        """False when the hold ran out before enough sends arrived."""
+        hold = self._hold
+        if hold is None:
+            return True
+        hold.waiting += 1
+        self.most_held = max(self.most_held, hold.waiting)
+        if hold.waiting >= hold.count:
+            hold.full.set()
+        try:
+            await asyncio.wait_for(hold.full.wait(), hold.timeout)
+        except TimeoutError:
+            self._hold = None  # the client never had `count` in flight; stop holding the rest
+            return False
+        finally:
+            hold.waiting -= 1
+        return True
 
     def _next_answer(self, token: str | None) -> Answer:
         if token is None:
@@ -355,7 +391,7 @@ class FakeFcm:
                 )
                 return
             token = message.get("token") if isinstance(message.get("token"), str) else None
-            answer = self._next_answer(token)
+            answer = self._next_answer(token) if await self._held() else UNAVAILABLE
             self.requests.append(
                 SendRequest(path, project, headers, body, True, answer, answered_before)
             )
