@@ -17,7 +17,6 @@ import pytest
 from gateway.factors.push.models import Device, LoginRequest, PushSend
 from gateway.settings import Settings
 from tests.conftest import run_worker
-from workers.settings import PUSH_CONCURRENCY
 from tests.fakes.fcm import (
     INTERNAL,
     QUOTA_EXCEEDED,
@@ -35,6 +34,7 @@ from tests.push_helpers import (
     unique_push_token,
 )
 from tests.statements import counted_statements
+from workers.settings import PUSH_CONCURRENCY
 
 PUSH = "push"
 
