@@ -18,12 +18,14 @@ import pytest
 from gateway.accounts.models import Session
 from gateway.container import Services
 from gateway.core.audit import SecurityEvent
+from gateway.core.crypto import token_digest
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH
 from gateway.core.outbox import OutboxMessage
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus
 from gateway.factors.sms.models import SmsCode, SmsCodePurpose
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from tests.conftest import MovableClock
+from tests.graphql_client import gql
 from tests.push_helpers import (
     OK,
     AppDevice,
@@ -40,6 +42,7 @@ from tests.push_helpers import (
     push_account,
     random_ip,
     request_node,
+    unique_push_token,
     verify,
 )
 from tests.sms_helpers import User, fresh_number, messages_to, verified_phone
@@ -202,9 +205,9 @@ async def test_p4_p5_a_signed_approval_with_the_number_lets_the_waiting_client_c
 async def test_p4_p5_p6_round_trips_of_an_approval_and_its_completion_stay_within_budget(
     client: httpx.AsyncClient,
 ) -> None:
-    """README, performance: session, device, one locking read of user and request, one
-    decision statement (request, device, event, fatigue) and the challenge's move. SQLite has
-    no data-modifying WITH, so its decision and the completion take more statements."""
+    """README, performance: session with its device, one locking read of user and request,
+    one decision statement (request, device, event, fatigue) and the challenge's move. SQLite
+    has no data-modifying WITH, so its decision and the completion take more statements."""
     account = await push_account(client)
     challenge = await login(client, account.username)
     node = await request_node(client, account.app.token, challenge)
@@ -213,7 +216,7 @@ async def test_p4_p5_p6_round_trips_of_an_approval_and_its_completion_stay_withi
         body = await approve(client, account.app, node, challenge["matchNumber"])
 
     assert code_of(body) == OK, body
-    assert len(sql) == (5 if on_postgres() else 8), sql
+    assert len(sql) == (4 if on_postgres() else 7), sql
 
     # P5: the waiting client's completion is the verify path's lock and completion statement.
     with counted_statements() as sql:
@@ -452,6 +455,60 @@ async def test_p4_answering_from_a_session_that_is_not_the_devices_is_forbidden(
     assert code_of(body) == "FORBIDDEN"
     assert code_of(await deny(client, web, node)) == "FORBIDDEN"
     await assert_untouched(client, account, challenge, sessions)
+
+
+async def test_p4_g4_an_answer_needs_a_usable_session(client: httpx.AsyncClient) -> None:
+    """The session and its device are read in one statement: a forged, revoked or expired
+    bearer token still answers nothing."""
+    account = await push_account(client)
+    challenge = await login(client, account.username)
+    node = await request_node(client, account.app.token, challenge)
+    sessions = await sessions_of(account.user_id)
+    number = challenge["matchNumber"]
+    signature = account.app.key.approve(node["id"], node["nonce"], number)
+    key = account.app.key
+    forged = AppDevice("x" * 43, key, "", "", "", {})
+    assert code_of(await approve(client, forged, node, number, signature=signature)) == (
+        "UNAUTHENTICATED"
+    )
+    digest = token_digest(account.app.token)
+    await Session.filter(token_hash=digest).update(expires_at=datetime.now(UTC))
+    body = await approve(client, account.app, node, number, signature=signature)
+    assert code_of(body) == "UNAUTHENTICATED"
+    assert code_of(await deny(client, account.app, node)) == "UNAUTHENTICATED"
+    await Session.filter(token_hash=digest).update(
+        expires_at=datetime.now(UTC) + timedelta(days=1), revoked_at=datetime.now(UTC)
+    )
+    body = await approve(client, account.app, node, number, signature=signature)
+    assert code_of(body) == "UNAUTHENTICATED"
+    await assert_untouched(client, account, challenge, sessions)
+
+
+async def test_p4_an_answer_after_another_field_read_the_session_still_acts_for_the_device(
+    client: httpx.AsyncClient,
+) -> None:
+    """The session may already be loaded without its device (another field of the same
+    operation): the device is then read on its own."""
+    account = await push_account(client)
+    challenge = await login(client, account.username)
+    node = await request_node(client, account.app.token, challenge)
+    number = challenge["matchNumber"]
+    document = """
+    mutation($d: ID!, $t: String!, $id: ID!, $s: String!, $m: Int) {
+      updatePushToken(deviceId: $d, pushToken: $t) { id }
+      approveLoginRequest(id: $id, signature: $s, matchNumber: $m) { id status }
+    }"""
+    variables = {
+        "d": account.app.device_id,
+        "t": unique_push_token(),
+        "id": node["id"],
+        "s": account.app.key.approve(node["id"], node["nonce"], number),
+        "m": number,
+    }
+    body = await gql(client, document, variables, token=account.app.token)
+    assert code_of(body) == OK, body
+    assert body["data"]["approveLoginRequest"]["status"] == "APPROVED"
+    assert (await request_row(challenge)).status is LoginRequestStatus.APPROVED
 
 
 async def test_p4_another_users_request_is_not_found(client: httpx.AsyncClient) -> None:

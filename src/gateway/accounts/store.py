@@ -16,17 +16,21 @@ async def lock_user(user_id: UUID) -> User:
     return await User.select_for_update().get(id=user_id)
 
 
-def session_with_user_sql(more_columns: str = "") -> str:
-    """`SELECT <session as s_*>, <user as u_*> [, more] FROM sessions s JOIN users u WHERE
-    s.token_hash = {0}`: the user is `u`, for columns a higher layer adds (the settings)."""
+def session_with_user_sql(more_columns: str = "", more_joins: str = "") -> str:
+    """`SELECT <session as s_*>, <user as u_*> [, more] FROM sessions s JOIN users u [more
+    joins] WHERE s.token_hash = {0}`: the session is `s` and the user `u`, for what a higher
+    layer reads with them (the settings, an app session's device)."""
     extra = f", {more_columns}" if more_columns else ""
+    joins = f" {more_joins}" if more_joins else ""
     return (
         "SELECT "  # noqa: S608
         + sql.select_list(Session, "s", "s_")
         + ", "
         + sql.select_list(User, "u", "u_")
         + extra
-        + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id" WHERE s."token_hash" = {0}'
+        + ' FROM "sessions" s JOIN "users" u ON u."id" = s."user_id"'
+        + joins
+        + ' WHERE s."token_hash" = {0}'
     )
 
 

@@ -12,6 +12,7 @@ from gateway.accounts.models import Session
 from gateway.container import Services
 from gateway.core.errors import Unauthenticated
 from gateway.core.events import EventHub
+from gateway.factors.push.models import Device
 from gateway.security.service import SettingsView
 
 
@@ -26,6 +27,8 @@ class GraphQLContext:
     settings: SettingsView | None = None
     _session: Session | None = field(default=None, repr=False)
     _session_loaded: bool = field(default=False, repr=False)
+    _device: Device | None = field(default=None, repr=False)
+    _device_loaded: bool = field(default=False, repr=False)
 
     @property
     def ip_address(self) -> str | None:
@@ -55,6 +58,21 @@ class GraphQLContext:
                 )
             self._session_loaded = True
         return self._session
+
+    async def app_session(self) -> tuple[Session, Device | None]:
+        """The session and the device enrolled from it (approvals, denials): one round trip
+        when this is the request's first lookup. Raises UNAUTHENTICATED without a session."""
+        if not self._session_loaded:
+            token = self.bearer_token()
+            found = await self.services.approvals.app_session(token) if token else None
+            self._session, self._device = found if found else (None, None)
+            self._session_loaded = self._device_loaded = True
+        if self._session is None:
+            raise Unauthenticated()
+        if not self._device_loaded:
+            self._device = await self.services.push.device_of_session(self._session)
+            self._device_loaded = True
+        return self._session, self._device
 
     async def require_session(self) -> Session:
         session = await self.session()

@@ -4,16 +4,18 @@ waiting client exchanges an approved challenge for its session once, and expiry 
 from __future__ import annotations
 
 from gateway.accounts.models import Session
-from gateway.accounts.service import AccountService, Client, IssuedSession
+from gateway.accounts.service import AccountService, Client, IssuedSession, plausible_token
 from gateway.core.clock import Clock, utc_now
+from gateway.core.crypto import token_digest
 from gateway.core.errors import ChallengeClosed, ChallengeExpired, ChallengeLocked, DomainError
 from gateway.core.events import challenge_channel
 from gateway.core.metrics import CHALLENGE_OUTCOMES
 from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
+from gateway.factors.push import store as push_store
 from gateway.factors.push.errors import RequestNotPending
-from gateway.factors.push.models import LoginRequest, LoginRequestStatus
+from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus
 from gateway.factors.push.service import Decision, PushService
 from gateway.login import store
 from gateway.login.models import ChallengeStatus, LoginChallenge
@@ -38,9 +40,21 @@ class PushApprovals:
         self._accounts = accounts
         self._clock = clock
 
+    async def app_session(self, token: str) -> tuple[Session, Device | None] | None:
+        """G4 and the session's device in one round trip, for an approval or a denial: a usable
+        session (else None) and the device enrolled from it (None for a web session)."""
+        if not plausible_token(token):
+            return None
+        found = await push_store.session_with_device(token_digest(token))
+        if found is None:
+            return None
+        session, device = found
+        return (session, device) if self._accounts.usable(session) else None
+
     async def decide(
         self,
         session: Session,
+        device: Device | None,
         request_id: str,
         signature: str,
         *,
@@ -48,8 +62,9 @@ class PushApprovals:
         match_number: int | None,
         work: UnitOfWork,
     ) -> Outcome[LoginRequest]:
-        """P4, P6: the request and its challenge change together, or not at all."""
-        device = await self._push.app_device(session)
+        """P4, P6: the request and its challenge change together, or not at all. `device` is
+        the one enrolled from `session` (`app_session` reads both)."""
+        device = self._push.require_app_device(device)
         # `decide` locks the user's row first, then the request's, then this moves the challenge.
         decision, error = await self._push.decide(
             device, request_id, signature, approve, match_number, work

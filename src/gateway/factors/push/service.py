@@ -146,7 +146,9 @@ class PushService:
 
     async def app_device(self, session: Session) -> Device:
         """Approve, deny and the app's subscription act for the session's enrolled device."""
-        device = await self.device_of_session(session)
+        return self.require_app_device(await self.device_of_session(session))
+
+    def require_app_device(self, device: Device | None) -> Device:
         if device is None:
             raise Forbidden("Only an enrolled app session can answer login requests.")
         return device

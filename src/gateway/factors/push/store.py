@@ -6,10 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
+from gateway.accounts.models import Session
+from gateway.accounts.store import session_from_row, session_with_user_sql
 from gateway.core import audit, sql
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushFatigue
 
 _SESSION_DEVICE = sql.select_model(Device, "d", 'FROM "devices" d WHERE d."session_id" = {0}')
+
+_SESSION_WITH_DEVICE = sql.statement(
+    lambda: session_with_user_sql(
+        sql.select_list(Device, "d", "d_"), 'LEFT JOIN "devices" d ON d."session_id" = s."id"'
+    )
+)
 
 # Users before requests, as `lock_user` and then a request lock elsewhere: PostgreSQL locks
 # the rows of a joined FOR UPDATE in the order of the FROM list.
@@ -39,6 +47,16 @@ WITH decided AS (
 )
 SELECT COUNT(*) AS won FROM decided
 """
+
+
+async def session_with_device(token_hash: str) -> tuple[Session, Device | None] | None:
+    """The session with this token digest, its user and the device enrolled from it (none for
+    a web session), in one round trip: every approval and denial starts here."""
+    rows = await sql.fetch_rows(_SESSION_WITH_DEVICE(), [token_hash])
+    if not rows:
+        return None
+    device = sql.to_model(Device, rows[0], "d_") if rows[0]["d_id"] is not None else None
+    return session_from_row(rows[0]), device
 
 
 async def device_of_session(session_id: UUID) -> Device | None:

@@ -79,11 +79,12 @@ class PushMutation:
 async def _decide(
     info: Info, request_id: str, signature: str, *, approve: bool, match_number: int | None
 ) -> LoginRequest:
-    session = await info.context.require_session()
+    session, device = await info.context.app_session()
     services = info.context.services
     async with services.uow() as work:
         outcome = await services.approvals.decide(
             session,
+            device,
             request_id,
             signature,
             approve=approve,
