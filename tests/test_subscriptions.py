@@ -449,6 +449,25 @@ async def test_g4_login_requests_needs_an_app_session(
     assert (anonymous, web) == (("error", ["UNAUTHENTICATED"]), ("error", ["FORBIDDEN"]))
 
 
+async def test_g4_a_session_revoked_while_its_socket_is_open_answers_nothing_more(
+    gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient
+) -> None:
+    """graphql-transport-ws also carries queries and mutations, and one context serves the
+    whole connection: the session is looked up again for each operation, never kept."""
+    gateway_a, _ = gateways
+    user = await prepare_user(http_a)
+    async with graphql_socket(gateway_a.ws_url, user.token) as socket:
+        before = await (await socket.subscribe(VIEWER)).next()
+        assert before["viewer"]["username"] == user.username
+        assert (await data(http_a, "mutation { logout }", token=user.token))["logout"] is True
+        after = await (await socket.subscribe(VIEWER)).next()
+        assert after["viewer"] is None
+        refused = await refusal(
+            await socket.subscribe("mutation { enableTwoFactor { settings { twoFactorEnabled } } }")
+        )
+        assert refused == ("next", ["UNAUTHENTICATED"])
+
+
 # Resilience ----------------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
 from gateway.accounts.models import Session
@@ -43,29 +44,37 @@ class GraphQLContext:
             return None
         return token.strip()
 
+    @property
+    def _per_operation(self) -> bool:
+        """One context serves a whole websocket connection, whose operations (subscriptions,
+        but also queries and mutations) may come long after `connection_init`: there the
+        session is looked up on every call, so a revoked or expired one stops at once."""
+        return isinstance(self.request, WebSocket)
+
     async def session(self, *, with_settings: bool = False) -> Session | None:
         """G4: the bearer token's session, looked up once per request. `with_settings` reads
         the user's settings summary in the same round trip (`settings` then holds it) when
         this is the request's first lookup."""
-        if not self._session_loaded:
-            token = self.bearer_token()
-            if token and with_settings:
-                found = await self.services.security.session_with_settings(token)
-                self._session, self.settings = found if found else (None, None)
-            else:
-                self._session = (
-                    await self.services.accounts.session_for_token(token) if token else None
-                )
-            self._session_loaded = True
+        if self._session_loaded and not self._per_operation:
+            return self._session
+        token = self.bearer_token()
+        self.settings, self._device, self._device_loaded = None, None, False
+        if token and with_settings:
+            found = await self.services.security.session_with_settings(token)
+            self._session, self.settings = found if found else (None, None)
+        else:
+            self._session = await self.services.accounts.session_for_token(token) if token else None
+        self._session_loaded = True
         return self._session
 
     async def app_session(self) -> tuple[Session, Device | None]:
         """The session and the device enrolled from it (approvals, denials): one round trip
         when this is the request's first lookup. Raises UNAUTHENTICATED without a session."""
-        if not self._session_loaded:
+        if not self._session_loaded or self._per_operation:
             token = self.bearer_token()
             found = await self.services.approvals.app_session(token) if token else None
             self._session, self._device = found if found else (None, None)
+            self.settings = None
             self._session_loaded = self._device_loaded = True
         if self._session is None:
             raise Unauthenticated()
