@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.accounts.clients import ClientKind
+from gateway.graphql.limits import MAX_BODY_BYTES
 from gateway.settings import Settings
 from tests.gateway_processes import (
     Gateway,
@@ -466,6 +467,21 @@ async def test_g4_a_session_revoked_while_its_socket_is_open_answers_nothing_mor
             await socket.subscribe("mutation { enableTwoFactor { settings { twoFactorEnabled } } }")
         )
         assert refused == ("next", ["UNAUTHENTICATED"])
+
+
+async def test_g3_a_websocket_message_over_64_kb_closes_the_socket(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    """The HTTP body limit holds on websockets too: nothing parses a frame over 64 KB."""
+    gateway_a, _ = gateways
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        padding = "#" + "x" * (MAX_BODY_BYTES + 1) + "\n"
+        await socket.send(
+            {"id": "big", "type": "subscribe", "payload": {"query": padding + VIEWER}}
+        )
+        assert await socket.wait_closed() == 1009  # message too big
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        assert await (await socket.subscribe(VIEWER)).next() == {"viewer": None}
 
 
 # Resilience ----------------------------------------------------------------------------------

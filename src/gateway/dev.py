@@ -18,6 +18,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.core.db import apply_migrations
 from gateway.core.jobs import QUEUES
+from gateway.graphql.limits import MAX_BODY_BYTES
 from gateway.logs import configure_logging
 from gateway.serve import GracefulServer
 from gateway.settings import Environment, Settings
@@ -74,6 +75,7 @@ async def _serve_all(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         ws_per_message_deflate=False,
+        ws_max_size=MAX_BODY_BYTES,
         log_level="info",
     )
     server = _AnnouncingServer(config)

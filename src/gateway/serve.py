@@ -20,6 +20,8 @@ from types import FrameType
 import uvicorn
 from prometheus_client import multiprocess
 
+from gateway.graphql.limits import MAX_BODY_BYTES
+
 APP = "gateway.asgi:app_from_environment"
 RESTART_PAUSE_SECONDS = 1.0
 
@@ -41,6 +43,7 @@ def _config(host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         ws_per_message_deflate=False,
+        ws_max_size=MAX_BODY_BYTES,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,
