@@ -18,9 +18,8 @@ import uvicorn
 from gateway.app import create_app
 from gateway.core.db import apply_migrations
 from gateway.core.jobs import QUEUES
-from gateway.graphql.limits import MAX_BODY_BYTES
 from gateway.logs import configure_logging
-from gateway.serve import GracefulServer
+from gateway.serve import WEBSOCKET_OPTIONS, GracefulServer
 from gateway.settings import Environment, Settings
 
 log = logging.getLogger("kanmon.dev")
@@ -74,8 +73,7 @@ async def _serve_all(settings: Settings) -> int:
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        ws_per_message_deflate=False,
-        ws_max_size=MAX_BODY_BYTES,
+        **WEBSOCKET_OPTIONS,
         log_level="info",
     )
     server = _AnnouncingServer(config)

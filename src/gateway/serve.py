@@ -16,6 +16,7 @@ import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from prometheus_client import multiprocess
@@ -23,6 +24,9 @@ from prometheus_client import multiprocess
 from gateway.graphql.limits import MAX_BODY_BYTES
 
 APP = "gateway.asgi:app_from_environment"
+# Every gateway server, `kanmon serve` and `kanmon dev` alike: no per-message compression (its
+# buffers cost every open socket memory), and the HTTP body limit for websocket messages too.
+WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False, "ws_max_size": MAX_BODY_BYTES}
 RESTART_PAUSE_SECONDS = 1.0
 
 
@@ -42,8 +46,7 @@ def _config(host: str, port: int) -> uvicorn.Config:
         factory=True,
         host=host,
         port=port,
-        ws_per_message_deflate=False,
-        ws_max_size=MAX_BODY_BYTES,
+        **WEBSOCKET_OPTIONS,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=10,

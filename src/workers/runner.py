@@ -53,16 +53,14 @@ class KanmonWorker(Worker):
             job_id = job_id_b.decode()
             if job_id in self.tasks and not self.tasks[job_id].done():
                 # Running here: a job stays queued until it ends, so every poll meets it again.
-                self.job_counter = self.job_counter - 1
-                self.sem.release()
+                self._release_sem_dec_counter_on_complete()
                 continue
             ttl_ms = int(self.in_progress_timeout_s * 1000)
             keys = [in_progress_key_prefix + job_id, self.queue_name]
             score = await claim(keys=keys, args=[job_id, ttl_ms, timestamp_ms()])
             if score is None:
                 # running elsewhere, finished and removed, or re-queued for later
-                self.job_counter = self.job_counter - 1
-                self.sem.release()
+                self._release_sem_dec_counter_on_complete()
                 continue
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
