@@ -9,6 +9,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from gateway.graphql.accounts import AccountMutation, AccountQuery
+from gateway.graphql.execution import KanmonExecutionContext
 from gateway.graphql.factors.backup_codes import BackupCodeMutation
 from gateway.graphql.factors.push import PushMutation
 from gateway.graphql.factors.sms import SmsMutation
@@ -54,4 +55,5 @@ def build_schema(*, development: bool) -> strawberry.Schema:
         subscription=Subscription,
         extensions=[lambda: DocumentPipeline(tuple(rules), MAX_TOKENS)],
         config=StrawberryConfig(disable_field_suggestions=not development),
+        execution_context_class=KanmonExecutionContext,
     )

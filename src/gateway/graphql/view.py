@@ -20,6 +20,7 @@ from gateway.container import Services
 from gateway.core.events import EventHub
 from gateway.graphql.context import GraphQLContext
 from gateway.graphql.errors import map_error
+from gateway.graphql.execution import release_tracebacks
 from gateway.graphql.limits import MAX_BODY_BYTES
 
 
@@ -45,7 +46,9 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
         """G2: every HTTP answer's errors pass through the one mapping, whichever stage
         (parsing, validation, execution) produced them."""
         if result.errors:
-            result.errors = [map_error(e, development=self._development) for e in result.errors]
+            raw = result.errors
+            result.errors = [map_error(e, development=self._development) for e in raw]
+            release_tracebacks(raw)
         return await super().process_result(request, result)
 
     async def get_context(
