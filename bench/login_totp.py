@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import inspect
 import json
 import math
@@ -40,7 +39,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -62,6 +61,7 @@ from gateway.factors.totp.models import TotpCredential
 from gateway.factors.totp.service import _context as totp_context
 from gateway.login.service import ChallengeView
 from gateway.settings import Settings
+from keepalive import Http, HttpError, KeepAliveConnection, RequestFailed
 
 T = TypeVar("T")
 
@@ -91,14 +91,6 @@ mutation($u: String!, $p: String!, $k: ClientKind!) {
 
 VIEWER = """
 query { viewer { securitySettings { twoFactorEnabled methods totpEnabled backupCodesActive } } }"""
-
-
-class RequestFailed(Exception):
-    """A request that did not answer with data: its GraphQL code, or the HTTP status."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
 
 
 @dataclass
@@ -166,87 +158,6 @@ def cpu_ticks() -> tuple[int, int] | None:
         return None
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return sum(values) - idle, sum(values)
-
-
-class HttpError(Exception):
-    """The connection failed or answered something that is not HTTP/1.1 with a length."""
-
-
-class Http(Protocol):
-    async def post_json(self, path: str, payload: dict[str, Any], token: str | None) -> Any:
-        """POST `payload` as JSON; the parsed body of a 200, else RequestFailed(HTTP_<n>)."""
-        ...
-
-
-class KeepAliveConnection:
-    """One HTTP/1.1 keep-alive connection that speaks only what the bench sends: a JSON POST,
-    and answers with a Content-Length. httpx costs about 1 ms of client CPU per request on this
-    machine (its pool, models and anyio streams): with 32 workers the generator took 0.5 to 0.7
-    of a core from the two the server has. This costs a fraction of that; `--client httpx`
-    measures with httpx instead."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._host = host
-        self._port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(OSError):
-                await self._writer.wait_closed()
-        self._reader = self._writer = None
-
-    async def post_json(self, path: str, payload: dict[str, Any], token: str | None) -> Any:
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        auth = f"Authorization: Bearer {token}\r\n" if token else ""
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{auth}\r\n"
-        )
-        try:
-            if self._writer is None:
-                await self.connect()
-            reader, writer = self._reader, self._writer
-            assert reader is not None
-            assert writer is not None
-            writer.write(head.encode("ascii") + body)
-            status, length, close = await self._read_head(reader)
-            answer = await reader.readexactly(length)
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            await self.close()
-            raise HttpError(type(exc).__name__) from exc
-        if close:
-            await self.close()
-        if status != 200:
-            raise RequestFailed(f"HTTP_{status}")
-        return json.loads(answer)
-
-    @staticmethod
-    async def _read_head(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
-        status_line = await reader.readline()
-        if not status_line.startswith(b"HTTP/1.1 "):
-            raise ValueError("not an HTTP/1.1 answer")
-        status = int(status_line.split()[1])
-        length: int | None = None
-        close = False
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "connection":
-                close = value.strip().lower() == "close"
-        if length is None:
-            raise ValueError("no Content-Length")
-        return status, length, close
 
 
 class HttpxConnection:

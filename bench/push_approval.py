@@ -46,7 +46,8 @@ Phases:
   2. subscriptions: one websocket per challenge on A (graphql-transport-ws, compression=None),
      `loginChallenge(id, token)`, each waiting for its first message (PENDING). A's VmRSS before
      and after (1 s settle) / N = memory per open subscription.
-  3. approvals: open loop at --rate per second on B (`approveLoginRequest`, signature over
+  3. approvals: open loop at --rate per second on B over 64 keep-alive connections
+     (bench/keepalive.py, not httpx: see there) (`approveLoginRequest`, signature over
      `{id}:{nonce}:APPROVE:{matchNumber}`), approve -> event = from sending the mutation to the
      APPROVED `next` on A's websocket. The first --approve-warmup are not counted.
   4. (--memory-subscriptions K > N) K - N more sockets on A, spread over --memory-challenges
@@ -109,6 +110,7 @@ from gateway.core.passwords import Passwords  # noqa: E402
 from gateway.factors.push.models import Device, LoginRequest, Platform  # noqa: E402
 from gateway.factors.summary import method_summary  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
+from keepalive import HttpError, KeepAliveConnection, RequestFailed  # noqa: E402
 
 PASSWORD = "bench horse battery staple"
 ALLOWED_HOST = "127.0.0.1"
@@ -117,12 +119,10 @@ SETUP_PARALLELISM = 16
 STEP_SECONDS = 20.0  # bound on any single network step
 SETTLE_SECONDS = 1.0  # before reading RSS
 MAX_IN_FLIGHT_APPROVALS = 512
-# Approvals go out over this many httpx clients of APPROVAL_CONNECTIONS_PER_SHARD connections
-# each. One client with 64 connections and hundreds of requests in flight spends the bench's
-# whole core in httpcore's request-to-connection assignment (it scans every connection for
-# every waiting request): the generator, not the gateways, then sets the figures.
-APPROVAL_SHARDS = 32
-APPROVAL_CONNECTIONS_PER_SHARD = 2
+# Approvals go out over this many keep-alive connections (bench/keepalive.py), one approval on
+# each at a time; more wait for a free one. httpx, which this bench used before, spent about
+# 1 ms of the bench's CPU per approval (on the cores the gateways use) before the request left.
+APPROVAL_CONNECTIONS = 64
 
 LOGIN = """
 mutation($u: String!, $p: String!, $k: ClientKind!, $n: String) {
@@ -170,12 +170,6 @@ def count(errors: dict[str, int], code: str) -> None:
     errors[code] = errors.get(code, 0) + 1
 
 
-class RequestFailed(Exception):
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
 async def graphql(
     http: httpx.AsyncClient,
     query: str,
@@ -203,6 +197,48 @@ async def bounded_gather(coroutines: list[Awaitable[Any]], limit: int) -> list[A
             return await coroutine
 
     return await asyncio.gather(*(one(c) for c in coroutines))
+
+
+class ConnectionQueue:
+    """Keep-alive connections to one gateway; each request takes an idle one."""
+
+    def __init__(self, url: str, size: int) -> None:
+        parts = urlsplit(url)
+        self._connections = [
+            KeepAliveConnection(parts.hostname or ALLOWED_HOST, parts.port or 80)
+            for _ in range(size)
+        ]
+        self._idle: asyncio.Queue[KeepAliveConnection] = asyncio.Queue()
+
+    async def open(self) -> None:
+        """Connects all, so no connect (and uvicorn's accept) lands in a measured request."""
+        for connection in self._connections:
+            await connection.connect()
+            self._idle.put_nowait(connection)
+        await asyncio.gather(*(self.graphql("{ __typename }") for _ in self._connections))
+
+    async def close(self) -> None:
+        for connection in self._connections:
+            await connection.close()
+
+    async def graphql(
+        self, query: str, variables: dict[str, Any] | None = None, token: str | None = None
+    ) -> dict[str, Any]:
+        connection = await self._idle.get()
+        try:
+            async with asyncio.timeout(STEP_SECONDS):
+                body = await connection.post_json(
+                    "/graphql", {"query": query, "variables": variables or {}}, token
+                )
+        except TimeoutError as exc:
+            await connection.close()  # an answer may still come: the next request reconnects
+            raise HttpError("TimeoutError") from exc
+        finally:
+            self._idle.put_nowait(connection)
+        if body.get("errors"):
+            raise RequestFailed(str(body["errors"][0].get("extensions", {}).get("code", "ERROR")))
+        data: dict[str, Any] = body["data"]
+        return data
 
 
 # --- the fake FCM, on a fixed port, recording arrival times ----------------------------------
@@ -672,14 +708,13 @@ class ApprovalResult:
 
 
 async def approval_phase(
-    clients: list[httpx.AsyncClient],
+    b: ConnectionQueue,
     watches: list[Watch],
     rate: float,
     warmup: int,
     event_wait: float,
 ) -> ApprovalResult:
-    """Open loop: approval i leaves at start + i / rate, whatever the earlier ones are doing,
-    on client i mod len(clients)."""
+    """Open loop: approval i leaves at start + i / rate, whatever the earlier ones are doing."""
     result = ApprovalResult()
     gate = asyncio.Semaphore(MAX_IN_FLIGHT_APPROVALS)
     finished: list[float] = []
@@ -687,15 +722,14 @@ async def approval_phase(
     async def approve(index: int, watch: Watch) -> None:
         user = watch.user
         variables = {"id": user.request_id, "s": user.approve_signature(), "m": user.match_number}
-        b = clients[index % len(clients)]
         async with gate:
             sent = time.perf_counter()
             try:
-                data = await graphql(b, APPROVE, variables, token=user.app_token)
+                data = await b.graphql(APPROVE, variables, token=user.app_token)
             except RequestFailed as exc:
                 count(result.errors, exc.code)
                 return
-            except httpx.HTTPError as exc:
+            except HttpError as exc:
                 count(result.errors, type(exc).__name__)
                 return
             answered = time.perf_counter()
@@ -963,23 +997,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         live = [w for w in watches if w.reader is not None]
         log(f"phase 3: {len(live)} approvals on {args.b} at {args.rate:g}/s")
         approval_load = Load(pids)
-        approval_limits = httpx.Limits(
-            max_connections=APPROVAL_CONNECTIONS_PER_SHARD,
-            max_keepalive_connections=APPROVAL_CONNECTIONS_PER_SHARD,
-        )
-        shards = [
-            httpx.AsyncClient(base_url=args.b, limits=approval_limits, timeout=STEP_SECONDS)
-            for _ in range(APPROVAL_SHARDS)
-        ]
-        # Every connection opened before the clock starts: a connect (and uvicorn's accept) on
-        # the first approvals of each shard read as approval latency at the start of the phase.
-        await asyncio.gather(
-            *(
-                graphql(shard, "{ __typename }")
-                for shard in shards
-                for _ in range(APPROVAL_CONNECTIONS_PER_SHARD)
-            )
-        )
+        approvers = ConnectionQueue(args.b, APPROVAL_CONNECTIONS)
+        await approvers.open()
         # The bench holds 1,000 websockets and their readers: one of its own full collections
         # stalled its loop for 0.3 to 0.7 s mid-phase, and every approval in flight then read
         # as that much slower. Nothing is collected while it measures.
@@ -987,12 +1006,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         gc.disable()
         try:
             approvals = await approval_phase(
-                shards, live, args.rate, args.approve_warmup, args.event_wait
+                approvers, live, args.rate, args.approve_warmup, args.event_wait
             )
         finally:
             gc.enable()
-            for shard in shards:
-                await shard.aclose()
+            await approvers.close()
         approval_cpu = approval_load.report(approvals.events)
         unexpected: dict[str, int] = {}
         for watch in live:
