@@ -3,6 +3,8 @@ input changes nothing) and G4 (bearer authentication over HTTP)."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -11,10 +13,14 @@ import graphql
 import httpx
 import pyotp
 import pytest
+from strawberry.types import ExecutionResult
 
 from gateway.accounts.models import User
+from gateway.container import Services
 from gateway.core.code_throttle import FactorThrottle
+from gateway.core.events import EventHub
 from gateway.graphql.schema import build_schema
+from gateway.graphql.view import KanmonGraphQL
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from tests.graphql_client import (
     BEGIN_TOTP,
@@ -314,6 +320,46 @@ async def test_g2_syntax_error_has_a_stable_code_and_no_trace(
     body = await gql(client, "mutation { verifyLoginChallenge(id: ")
     assert_no_trace(body)
     assert codes_of(body) == ["BAD_USER_INPUT"], body
+
+
+def _failing_step() -> None:
+    raise RuntimeError("connection pool exhausted at step 7")
+
+
+async def test_g2_an_unexpected_failure_is_masked_as_internal_and_logged_with_its_traceback(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The answer says nothing of the failure; the log keeps all of it, traceback included,
+    although the answer's errors drop their tracebacks afterwards (no reference cycles)."""
+    try:
+        _failing_step()
+    except RuntimeError as exc:
+        failure = exc
+    error = graphql.GraphQLError(str(failure), original_error=failure, path=["viewer"])
+    view = KanmonGraphQL(
+        services,
+        EventHub(services.redis),
+        development=False,
+        schema=build_schema(development=False),
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.graphql"):
+        body = await view.process_result(None, ExecutionResult(data=None, errors=[error]))  # type: ignore[arg-type]
+
+    assert body["errors"] == [
+        {
+            "message": "Internal server error.",
+            "path": ["viewer"],
+            "extensions": {"code": "INTERNAL"},
+        }
+    ]
+    assert "pool exhausted" not in json.dumps(body)
+    [record] = [r for r in caplog.records if r.name == "gateway.graphql"]
+    assert record.exc_info is not None
+    assert record.exc_info[1] is failure
+    logged = logging.Formatter().formatException(record.exc_info)
+    assert "_failing_step" in logged
+    assert "pool exhausted at step 7" in logged
+    assert failure.__traceback__ is None
 
 
 async def test_g2_unknown_challenge_is_not_found_without_trace(
