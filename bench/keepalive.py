@@ -96,3 +96,19 @@ class KeepAliveConnection:
         if length is None:
             raise ValueError("no Content-Length")
         return status, length, close
+
+
+async def graphql(
+    http: Http,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = await http.post_json(
+        "/graphql", {"query": query, "variables": variables or {}}, token
+    )
+    errors = body.get("errors")
+    if errors:
+        raise RequestFailed(str(errors[0].get("extensions", {}).get("code", "UNKNOWN")))
+    data: dict[str, Any] = body["data"]
+    return data

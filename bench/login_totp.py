@@ -61,7 +61,7 @@ from gateway.factors.totp.models import TotpCredential
 from gateway.factors.totp.service import _context as totp_context
 from gateway.login.service import ChallengeView
 from gateway.settings import Settings
-from keepalive import Http, HttpError, KeepAliveConnection, RequestFailed
+from keepalive import Http, HttpError, KeepAliveConnection, RequestFailed, graphql
 
 T = TypeVar("T")
 
@@ -229,22 +229,6 @@ class ConnectionPool:
 
 
 # --- HTTP ----------------------------------------------------------------------------------
-
-
-async def graphql(
-    http: Http,
-    query: str,
-    variables: dict[str, Any] | None = None,
-    token: str | None = None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = await http.post_json(
-        "/graphql", {"query": query, "variables": variables or {}}, token
-    )
-    errors = body.get("errors")
-    if errors:
-        raise RequestFailed(str(errors[0].get("extensions", {}).get("code", "UNKNOWN")))
-    data: dict[str, Any] = body["data"]
-    return data
 
 
 async def verify_totp(http: Http, account: Account, challenge_id: str, token: str) -> None:

@@ -46,8 +46,8 @@ Phases:
   2. subscriptions: one websocket per challenge on A (graphql-transport-ws, compression=None),
      `loginChallenge(id, token)`, each waiting for its first message (PENDING). A's VmRSS before
      and after (1 s settle) / N = memory per open subscription.
-  3. approvals: open loop at --rate per second on B over 64 keep-alive connections
-     (bench/keepalive.py, not httpx: see there) (`approveLoginRequest`, signature over
+  3. approvals: open loop at --rate per second on B (`approveLoginRequest` over 64 keep-alive
+     connections of bench/keepalive.py, not httpx: see there; signature over
      `{id}:{nonce}:APPROVE:{matchNumber}`), approve -> event = from sending the mutation to the
      APPROVED `next` on A's websocket. The first --approve-warmup are not counted.
   4. (--memory-subscriptions K > N) K - N more sockets on A, spread over --memory-challenges
@@ -99,6 +99,7 @@ if str(REPO_ROOT) not in sys.path:
 from tests.fakes.fcm import FakeFcm, Receive, Scope, Send  # noqa: E402
 from tests.ws_client import PROTOCOL  # noqa: E402
 
+import keepalive  # noqa: E402
 from gateway.accounts.clients import ClientKind  # noqa: E402
 from gateway.accounts.models import Session, User  # noqa: E402
 from gateway.accounts.service import Client, username_key  # noqa: E402
@@ -227,18 +228,12 @@ class ConnectionQueue:
         connection = await self._idle.get()
         try:
             async with asyncio.timeout(STEP_SECONDS):
-                body = await connection.post_json(
-                    "/graphql", {"query": query, "variables": variables or {}}, token
-                )
+                return await keepalive.graphql(connection, query, variables, token)
         except TimeoutError as exc:
             await connection.close()  # an answer may still come: the next request reconnects
             raise HttpError("TimeoutError") from exc
         finally:
             self._idle.put_nowait(connection)
-        if body.get("errors"):
-            raise RequestFailed(str(body["errors"][0].get("extensions", {}).get("code", "ERROR")))
-        data: dict[str, Any] = body["data"]
-        return data
 
 
 # --- the fake FCM, on a fixed port, recording arrival times ----------------------------------

@@ -50,6 +50,24 @@ REMOVE_TOTP = "mutation { removeTotp { twoFactorDisabled } }"
 Post = Callable[..., Awaitable[dict[str, Any]]]
 
 
+def asgi_scope(kind: str, headers: list[tuple[bytes, bytes]], **more: Any) -> dict[str, Any]:
+    """A request to /graphql as a server hands it to the app (`kind`: http or websocket)."""
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        **more,
+    }
+
+
 @pytest.fixture
 async def gateway(settings: Settings, services: Services) -> AsyncIterator[Starlette]:
     app = create_app(settings, services)
@@ -68,23 +86,10 @@ def post(gateway: Starlette) -> Post:
         query: str, variables: dict[str, Any] | None = None, token: str | None = None
     ) -> dict[str, Any]:
         body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        headers = [(b"content-type", b"application/json"), (b"host", b"testserver")]
+        headers = [(b"content-type", b"application/json")]
         if token:
             headers.append((b"authorization", f"Bearer {token}".encode()))
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/graphql",
-            "raw_path": b"/graphql",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        scope = asgi_scope("http", headers, method="POST")
         requests = [{"type": "http.request", "body": body, "more_body": False}]
         chunks: list[bytes] = []
 
@@ -131,8 +136,9 @@ async def no_cycles_left(what: str) -> AsyncIterator[None]:
 async def each_leaves_nothing(
     operations: dict[str, Callable[[], Awaitable[dict[str, Any]]]],
 ) -> dict[str, dict[str, Any]]:
+    """Each document must have run once before: its first run fills caches that stay (parse
+    and validation, SQL texts)."""
     answers: dict[str, dict[str, Any]] = {}
-    # The first run of a document warms caches (parse, validation, SQL texts) that stay.
     for what, operation in operations.items():
         async with no_cycles_left(what):
             answers[what] = await operation()
@@ -149,20 +155,7 @@ class AsgiSocket:
         self._task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        scope = {
-            "type": "websocket",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "ws",
-            "path": "/graphql",
-            "raw_path": b"/graphql",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"host", b"testserver")],
-            "subprotocols": ["graphql-transport-ws"],
-            "client": ("127.0.0.1", 50001),
-            "server": ("testserver", 80),
-        }
+        scope = asgi_scope("websocket", [], subprotocols=["graphql-transport-ws"])
         self._task = asyncio.create_task(self._app(scope, self._outgoing.get, self._incoming.put))
         await self._outgoing.put({"type": "websocket.connect"})
         assert (await self._next())["type"] == "websocket.accept"
@@ -284,6 +277,7 @@ async def test_p5_an_approval_reaching_the_waiting_subscription_leaves_no_cycles
     node = await request_node(client, account.app.token, challenge)
     number = challenge["matchNumber"]
     signature = account.app.key.approve(node["id"], node["nonce"], number)
+    # Warm-up of the approval's document, refused (BAD_USER_INPUT) and so changing nothing.
     await post(APPROVE, {"id": "not-an-id", "s": signature, "m": number}, token=account.app.token)
     socket = AsgiSocket(gateway)
     await socket.open()
