@@ -1,4 +1,4 @@
-"""Devices (P1, P7, P8, P9, H4, H5, F2, A3): enrollment from app sessions only, the login-code
+"""Devices (P1, P7, P8, P9, H2, H4, H5, F2, A3): enrollment from app sessions only, the login-code
 secret shown once and sealed at rest, token rotation, the end of an enrollment (logout or
 removal) and the last-method rule, and APP_CODE login codes."""
 
@@ -24,6 +24,7 @@ from tests.graphql_client import PASSWORD, data, gql
 from tests.push_helpers import (
     BEGIN_TOTP,
     CONFIRM_TOTP,
+    LOGIN,
     LOGOUT,
     OK,
     REAUTHENTICATE,
@@ -380,3 +381,71 @@ async def test_p8_app_code_offered_only_when_a_device_is_enrolled(
     assert with_device["methods"] == ["PUSH", "TOTP", "APP_CODE", "BACKUP_CODE"]
     body = await verify(client, with_device, "APP_CODE", pyotp.TOTP(app.login_code_secret).now())
     assert code_of(body) == OK, body
+
+
+# H2: a new phone ------------------------------------------------------------------------------
+
+CREATE_TEMPORARY_PASSWORD = "mutation { createTemporaryPassword { password } }"
+DISABLE_2FA = "mutation { disableTwoFactor { twoFactorEnabled methods } }"
+
+
+async def test_h2_new_phone_without_keys_logs_in_with_a_temporary_password_and_enrolls_again(
+    client: httpx.AsyncClient,
+) -> None:
+    """The app's keys did not survive the move: a temporary password from the logged-in web
+    session logs the new phone in without a challenge (L6), the new install enrolls its own
+    device, and the old one can then be removed from the web without turning 2FA off."""
+    username = unique_username()
+    web = await sign_up_as(client, username, "WEB")
+    old = await enroll(client, await app_session(client, username), name="old phone")
+    await enable_two_factor(client, web)
+    assert (await login(client, username, "IOS", None))["__typename"] == "LoginChallenge"
+
+    temporary = (await data(client, CREATE_TEMPORARY_PASSWORD, token=web))[
+        "createTemporaryPassword"
+    ]["password"]
+    new_phone = await data(client, LOGIN, {"u": username, "p": temporary, "k": "IOS"})
+    assert new_phone["login"]["__typename"] == "Session"
+    new = await enroll(client, new_phone["login"]["token"], name="new phone")
+
+    await data(client, REAUTHENTICATE, {"p": PASSWORD}, token=web)
+    removed = (await data(client, REMOVE_DEVICE, {"d": old.device_id}, token=web))["removeDevice"]
+    assert removed["twoFactorDisabled"] is False
+    assert removed["settings"]["twoFactorEnabled"] is True
+    assert [device["id"] for device in removed["settings"]["devices"]] == [new.device_id]
+    challenge = await login(client, username)
+    assert challenge["__typename"] == "LoginChallenge"
+    assert "PUSH" in challenge["methods"]
+    # One use only (L6): the temporary password no longer logs anyone in.
+    again = await gql(client, LOGIN, {"u": username, "p": temporary, "k": "IOS"})
+    assert code_of(again) == "INVALID_CREDENTIALS"
+
+
+@pytest.mark.parametrize("kind", ["IOS", "WEB"])
+async def test_h2_two_factor_turns_off_from_the_old_device_or_a_web_session(
+    client: httpx.AsyncClient, kind: str
+) -> None:
+    username = unique_username()
+    web = await sign_up_as(client, username, "WEB")
+    ios = await app_session(client, username)
+    await enroll(client, ios)
+    await enable_two_factor(client, web)
+    session = ios if kind == "IOS" else web
+
+    await data(client, REAUTHENTICATE, {"p": PASSWORD}, token=session)
+    disabled = (await data(client, DISABLE_2FA, token=session))["disableTwoFactor"]
+    assert disabled["twoFactorEnabled"] is False
+    assert (await login(client, username))["__typename"] == "Session"
+
+
+async def test_h2_logged_out_with_the_old_device_gone_a_backup_code_logs_in(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await push_account(client)
+    assert account.backup_code is not None
+
+    challenge = await login(client, account.username)
+    assert "BACKUP_CODE" in challenge["methods"]
+    body = await verify(client, challenge, "BACKUP_CODE", account.backup_code)
+    assert code_of(body) == OK
+    assert body["data"]["verifyLoginChallenge"]["clientKind"] == "WEB"
