@@ -17,7 +17,7 @@ import pytest
 from tortoise import connections
 
 from gateway.container import Services
-from gateway.factors.push.models import Device
+from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from tests.conftest import MovableClock
 from tests.graphql_client import PASSWORD, data, gql
@@ -33,6 +33,7 @@ from tests.push_helpers import (
     DeviceKey,
     api,
     app_session,
+    challenge_view,
     code_of,
     enable_two_factor,
     enroll,
@@ -264,6 +265,56 @@ async def test_p7_a3_remove_device_needs_recent_auth_and_turns_2fa_off_when_last
     kinds = await event_kinds(account.user_id)
     assert "device.removed" in kinds
     assert "two_factor.disabled" in kinds
+
+
+async def test_p7_l5_a_removed_device_completes_no_challenge_opened_before(
+    clocked: Clocked,
+) -> None:
+    """The phone was lost with the app on it: its login codes and its pending request must stop
+    counting for the login already under way the moment the device is removed."""
+    http, clock = clocked.http, clocked.clock
+    username = unique_username()
+    web = await sign_up_as(http, username, "WEB")
+    secret = (await data(http, BEGIN_TOTP, token=web))["beginTotpEnrollment"]["secret"]
+    await data(http, CONFIRM_TOTP, {"c": pyotp.TOTP(secret).at(clock.now)}, token=web)
+    app = await enroll(http, await app_session(http, username))
+    await enable_two_factor(http, web)
+    challenge = await login(http, username)
+    assert challenge["methods"] == ["PUSH", "TOTP", "APP_CODE", "BACKUP_CODE"]
+
+    await data(http, REMOVE_DEVICE, {"d": app.device_id}, token=web)
+
+    view = await challenge_view(http, challenge)
+    assert view["status"] == "PENDING"
+    assert view["methods"] == ["TOTP", "BACKUP_CODE"]
+    request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+    assert request.status is LoginRequestStatus.EXPIRED
+    code = pyotp.TOTP(app.login_code_secret).at(clock.now)
+    assert code_of(await verify(http, challenge, "APP_CODE", code)) == "METHOD_NOT_AVAILABLE"
+    clock.advance(30)
+    body = await verify(http, challenge, "TOTP", pyotp.TOTP(secret).at(clock.now))
+    assert code_of(body) == OK, body
+
+
+async def test_p7_h5_a_login_waiting_on_the_last_device_is_left_with_nothing_to_complete_it(
+    client: httpx.AsyncClient,
+) -> None:
+    account = await push_account(client)
+    challenge = await login(client, account.username)
+    assert challenge["methods"] == ["PUSH", "APP_CODE", "BACKUP_CODE"]
+
+    assert (await data(client, LOGOUT, token=account.app.token))["logout"] is True
+
+    view = await challenge_view(client, challenge)
+    assert view["status"] == "PENDING"
+    assert view["methods"] == []
+    request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+    assert request.status is LoginRequestStatus.EXPIRED
+    assert account.backup_code is not None
+    refused = await verify(client, challenge, "BACKUP_CODE", account.backup_code)
+    assert code_of(refused) == "METHOD_NOT_AVAILABLE"
+    # 2FA is off (H5): the password alone logs in again.
+    assert (await login(client, account.username))["__typename"] == "Session"
 
 
 async def test_p7_remove_device_of_another_user_is_not_found(client: httpx.AsyncClient) -> None:

@@ -25,7 +25,9 @@ from tests.fakes.fcm import (
     UNREGISTERED,
     FakeFcm,
 )
+from tests.graphql_client import data
 from tests.push_helpers import (
+    UPDATE_PUSH_TOKEN,
     PushAccount,
     login,
     login_requests,
@@ -199,8 +201,17 @@ async def test_p2_an_account_whose_only_token_died_gets_no_push_but_keeps_2fa(
     settings = await settings_of(client, account.app.token)
     assert [d["pushEnabled"] for d in settings["devices"]] == [False]
     assert settings["twoFactorEnabled"] is True
+    # The settings list what a login offers: no PUSH until the app sends a new token (P9).
+    assert settings["methods"] == ["APP_CODE", "BACKUP_CODE"]
     challenge = await login(client, account.username)
     assert challenge["methods"] == ["APP_CODE", "BACKUP_CODE"]
+    renewed = {"d": account.app.device_id, "t": unique_push_token("renewed")}
+    await data(client, UPDATE_PUSH_TOKEN, renewed, token=account.app.token)
+    assert (await settings_of(client, account.app.token))["methods"] == [
+        "PUSH",
+        "APP_CODE",
+        "BACKUP_CODE",
+    ]
 
 
 async def test_p2_transient_errors_are_retried_for_the_failed_devices_only(

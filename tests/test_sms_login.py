@@ -3,6 +3,7 @@ most 3 per challenge), every code sent stays valid and each works once."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -195,6 +196,31 @@ async def test_s2_at_most_three_sends_per_challenge(
     # Every one of the 3 codes still completes it.
     codes = await login_codes(services, challenge.id)
     assert code_of(await attempt(services, challenge, SMS, codes[-1])) == SESSION
+
+
+async def test_s2_retry_after_of_a_challenge_that_had_its_three_codes_is_the_rest_of_its_life(
+    make_services: Callable[..., Services], clock: MovableClock
+) -> None:
+    """`smsRetryAfterSeconds` is what `requestSmsCode` would answer: after the third code no
+    cooldown ends before the challenge does."""
+    services = make_services(clock=clock)
+    user, _, _ = await sms_user(services)
+    challenge = await log_in(services, user.username)
+    clock.advance(61)
+    second = await request_sms(services, challenge)
+    assert isinstance(second, ChallengeView)
+    assert second.sms_retry_after == 60
+    clock.advance(61)
+
+    third = await request_sms(services, challenge)
+
+    assert isinstance(third, ChallengeView)
+    life_left = math.ceil((challenge.expires_at - clock.now).total_seconds())
+    assert third.sms_retry_after == life_left > 60
+    clock.advance(61)
+    refused = await request_sms(services, challenge)
+    assert isinstance(refused, RateLimited)
+    assert refused.retry_after == life_left - 61
 
 
 async def test_s2_cooldown_restarts_after_every_send(

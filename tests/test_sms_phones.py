@@ -4,8 +4,10 @@ read back from the database as the worker would read it."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from uuid import UUID
 
 import httpx
 import phonenumbers
@@ -23,6 +25,7 @@ from tests.graphql_client import (
     ENABLE_2FA,
     LOGIN,
     PASSWORD,
+    VERIFY,
     data,
     gql,
     sign_up,
@@ -40,6 +43,7 @@ from tests.sms_helpers import (
     fresh_us_number,
     has_outbox_row,
     latest_code_row,
+    login_codes,
     messages_to,
     number_in,
     open_code,
@@ -424,6 +428,74 @@ async def test_s6_removing_the_phone_keeps_two_factor_on_when_another_method_is_
     kinds = {event.kind for event in await SecurityEvent.filter(user_id=user_id)}
     assert "phone.removed" in kinds
     assert "two_factor.disabled" not in kinds
+
+
+CHALLENGE_VIEW = """
+query($id: ID!, $t: String!) { loginChallenge(id: $id, token: $t) { status methods } }"""
+
+
+async def sms_challenge(http: httpx.AsyncClient, username: str) -> dict[str, Any]:
+    challenge: dict[str, Any] = (
+        await data(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+    )["login"]
+    assert challenge["methods"][0] == "SMS", challenge
+    return challenge
+
+
+async def verify_with(
+    http: httpx.AsyncClient, challenge: dict[str, Any], method: str, code: str
+) -> dict[str, Any]:
+    variables = {"id": challenge["id"], "t": challenge["token"], "m": method, "c": code}
+    return await gql(http, VERIFY, variables)
+
+
+async def test_s6_l5_a_code_sent_before_the_phone_was_removed_completes_no_challenge(
+    http: httpx.AsyncClient, services: Services
+) -> None:
+    """The phone was lost: whoever holds it has the code of a login already under way, and the
+    challenge must stop offering SMS the moment the phone goes."""
+    username = unique_username()
+    token = await sign_up(http, username)
+    await add_and_verify(http, services, token, fresh_number())
+    totp = pyotp.TOTP((await data(http, BEGIN_TOTP, token=token))["beginTotpEnrollment"]["secret"])
+    await data(http, CONFIRM_TOTP, {"c": totp.now()}, token=token)
+    await data(http, ENABLE_2FA, token=token)
+    challenge = await sms_challenge(http, username)
+    [sent] = await login_codes(services, UUID(challenge["id"]))
+
+    await data(http, REMOVE_PHONE, token=token)
+
+    variables = {"id": challenge["id"], "t": challenge["token"]}
+    view = (await data(http, CHALLENGE_VIEW, variables))["loginChallenge"]
+    assert view == {"status": "PENDING", "methods": ["TOTP", "BACKUP_CODE"]}
+    refused = await verify_with(http, challenge, "SMS", sent)
+    assert error_of(refused)["extensions"]["code"] == "METHOD_NOT_AVAILABLE"
+    assert await SmsCode.filter(challenge_id=challenge["id"], used_at__isnull=False).count() == 0
+    # What the account still has completes it (the next step: T2 spent the confirming one).
+    done = await verify_with(http, challenge, "TOTP", totp.at(time.time() + 30))
+    assert "errors" not in done, done
+
+
+async def test_s1_l5_a_code_sent_to_a_replaced_number_is_refused(
+    http: httpx.AsyncClient, services: Services
+) -> None:
+    """The user moved to a new number while a login waited: the code that went to the old one
+    no longer counts, even though the challenge still offers SMS (to the new number)."""
+    username = unique_username()
+    token = await sign_up(http, username)
+    await add_and_verify(http, services, token, fresh_number())
+    await data(http, ENABLE_2FA, token=token)
+    challenge = await sms_challenge(http, username)
+    [old] = await login_codes(services, UUID(challenge["id"]))
+
+    await add_and_verify(http, services, token, fresh_number())
+
+    refused = await verify_with(http, challenge, "SMS", old)
+    assert error_of(refused)["extensions"]["code"] == "INVALID_CODE"
+    assert await SmsCode.filter(challenge_id=challenge["id"], used_at__isnull=False).count() == 0
+    variables = {"id": challenge["id"], "t": challenge["token"]}
+    view = (await data(http, CHALLENGE_VIEW, variables))["loginChallenge"]
+    assert view["status"] == "PENDING"
 
 
 async def test_a3_s6_removing_the_phone_needs_a_recent_password(

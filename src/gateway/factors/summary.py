@@ -17,6 +17,7 @@ _COLUMNS = """
   (SELECT COUNT(*) FROM phones WHERE user_id = {u} AND verified_at IS NOT NULL
      AND NOT sms_paused) AS m_sms_ready,
   (SELECT COUNT(*) FROM devices WHERE user_id = {u}) AS m_devices,
+  (SELECT COUNT(*) FROM devices WHERE user_id = {u} AND push_enabled) AS m_pushable,
   (SELECT COUNT(*) FROM backup_codes WHERE user_id = {u} AND status = 'ACTIVE') AS m_backup
 """
 
@@ -29,10 +30,12 @@ class MethodSummary:
     # A verified phone that SMS may be sent to (not paused by a STOP, S5).
     sms_ready: bool
     devices: bool
+    # An enrolled device that FCM has not refused (P9): what PUSH means in the settings.
+    pushable: bool
     backup_codes_active: int
 
 
-NOTHING_ENROLLED = MethodSummary(False, False, False, False, False, 0)
+NOTHING_ENROLLED = MethodSummary(False, False, False, False, False, False, 0)
 
 
 def summary_columns(user_id_column: str) -> str:
@@ -48,6 +51,7 @@ def summary_from_row(two_factor_enabled: Any, row: Mapping[str, Any]) -> MethodS
         phone_verified=bool(row["m_phone"]),
         sms_ready=bool(row["m_sms_ready"]),
         devices=bool(row["m_devices"]),
+        pushable=bool(row["m_pushable"]),
         backup_codes_active=int(row["m_backup"]),
     )
 

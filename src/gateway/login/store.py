@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from functools import cache
 from uuid import UUID
@@ -117,3 +117,22 @@ async def complete(
             *session_values,
         ],
     )
+
+
+async def narrow_pending(
+    user_id: UUID, usable: Collection[str], now: datetime
+) -> dict[UUID, set[str]]:
+    """The user's open challenges stop offering what the account no longer has; returns what
+    each changed one dropped. A challenge lists its methods when it opens, and a method removed
+    meanwhile (a lost phone, a removed device) must not complete it. The caller holds the
+    user's row lock, which every code check takes first."""
+    dropped: dict[UUID, set[str]] = {}
+    pending = LoginChallenge.filter(
+        user_id=user_id, status=ChallengeStatus.PENDING, expires_at__gt=now
+    )
+    for challenge in await pending:
+        kept = [method for method in challenge.methods if method in usable]
+        if kept != challenge.methods:
+            await LoginChallenge.filter(id=challenge.id).update(methods=kept)
+            dropped[challenge.id] = set(challenge.methods) - set(kept)
+    return dropped

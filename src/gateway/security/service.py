@@ -13,6 +13,7 @@ from gateway.core import audit, code_throttle, sql
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import token_digest
 from gateway.core.errors import BadUserInput, InvalidCode, MethodNotAvailable
+from gateway.core.events import challenge_channel
 from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
 from gateway.core.uow import UnitOfWork
@@ -32,6 +33,7 @@ from gateway.factors.temporary_passwords.service import (
     TemporaryPasswordService,
 )
 from gateway.factors.totp.service import TotpEnrollment, TotpService
+from gateway.login import store as login_store
 
 
 class SettingsView:
@@ -57,7 +59,11 @@ class SettingsView:
 
     @property
     def methods(self) -> list[TwoFactorMethod]:
+        """What a login can offer now. A device whose push FCM refused (P9) still keeps 2FA on
+        and shows login codes, but PUSH waits for a new push token, as at login."""
         has = methods_of(self.summary)
+        if not self.summary.pushable:
+            has.discard(TwoFactorMethod.PUSH)
         if self.summary.backup_codes_active:
             has.add(TwoFactorMethod.BACKUP_CODE)
         return [m for m in METHOD_ORDER if m in has]
@@ -262,20 +268,36 @@ class SecurityService:
         if user.two_factor_enabled and not await self.primary_methods(user_id):
             await self.turn_off(user_id, work, reason="last_method_removed")
             return True
+        await self._narrow_open_challenges(user_id, work)
         return False
+
+    async def _narrow_open_challenges(self, user_id: UUID, work: UnitOfWork) -> None:
+        """L5: a code of a method the account no longer has completes no challenge, not even
+        one opened before the method went; the waiting clients hear of their new methods, and
+        a login request no device is left to answer expires."""
+        summary = await method_summary(user_id)
+        usable = {method.value for method in methods_of(summary)}
+        if summary.backup_codes_active:
+            usable.add(TwoFactorMethod.BACKUP_CODE.value)
+        dropped = await login_store.narrow_pending(user_id, usable, self._clock())
+        for challenge_id, methods in dropped.items():
+            if TwoFactorMethod.PUSH.value in methods:
+                await self._push.close_for_challenge(challenge_id, work)
+            work.signal(challenge_channel(challenge_id))
 
     async def turn_off(
         self, user_id: UUID, work: UnitOfWork, *, reason: str, notify_number: str | None = None
     ) -> bool:
         """F1: 2FA off, backup codes invalidated, an event, and a notice (to `notify_number`
-        when the phone that should hear of it was just removed). Returns whether it was on.
-        The caller holds the user's row lock."""
+        when the phone that should hear of it was just removed); open challenges keep only
+        what can still complete them. Returns whether it was on. The caller holds the user's
+        row lock."""
         changed = await User.filter(id=user_id, two_factor_enabled=True).update(
             two_factor_enabled=False
         )
-        if not changed:
-            return False
-        await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
-        await audit.record(user_id, "two_factor.disabled", detail=reason)
-        await work.enqueue(notice_job(user_id, Notice.TWO_FACTOR_DISABLED, notify_number))
-        return True
+        if changed:
+            await self._backup.invalidate_all(user_id, work, reason="two_factor_disabled")
+            await audit.record(user_id, "two_factor.disabled", detail=reason)
+            await work.enqueue(notice_job(user_id, Notice.TWO_FACTOR_DISABLED, notify_number))
+        await self._narrow_open_challenges(user_id, work)
+        return bool(changed)

@@ -140,6 +140,10 @@ class SmsService:
         await audit.record(user_id, "phone.removed")
         return phone.number if phone.verified_at else None
 
+    async def verified_number(self, user_id: UUID) -> str | None:
+        phone = await Phone.get_or_none(user_id=user_id, verified_at__isnull=False)
+        return phone.number if phone else None
+
     async def sms_ready_number(self, user_id: UUID) -> str | None:
         phone = await Phone.get_or_none(
             user_id=user_id, verified_at__isnull=False, sms_paused=False
@@ -155,12 +159,16 @@ class SmsService:
         return None
 
     async def verify(self, attempt: Attempt) -> Verdict:
-        """S2: any code sent for this challenge, each once, while the challenge lives."""
-        if await self._spend_code(
+        """S2: any code sent for this challenge to the phone the account has now, each once,
+        while the challenge lives. A code sent to a number since removed or replaced is
+        worthless: whoever holds that phone may not be the account's owner any more."""
+        number = await self.verified_number(attempt.user_id)
+        if number is not None and await self._spend_code(
             user_id=attempt.user_id,
             purpose=SmsCodePurpose.LOGIN,
             code=attempt.code,
             challenge_id=attempt.challenge_id,
+            number=number,
         ):
             return ACCEPTED
         return Verdict(accepted=False, error=WrongSmsCode())
@@ -196,22 +204,30 @@ class SmsService:
         number = await self.sms_ready_number(user_id)
         if number is None:
             raise SmsNotAvailable()
-        wait = await self.retry_after(challenge_id)
-        if wait:
-            raise RateLimited(wait, "Wait before asking for another code.")
-        sent = await SmsCode.filter(challenge_id=challenge_id).count()
-        if sent >= self._max_sends:
-            remaining = max(1, math.ceil((expires_at - self._clock()).total_seconds()))
+        sent = await self._sent_at(challenge_id)
+        if len(sent) >= self._max_sends:
+            remaining = self._seconds_until(expires_at, at_least=1)
             raise RateLimited(remaining, "No more codes for this login; log in again later.")
+        if sent and (wait := self._seconds_until(sent[0] + self._cooldown)):
+            raise RateLimited(wait, "Wait before asking for another code.")
         await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
 
-    async def retry_after(self, challenge_id: UUID) -> int:
-        """Seconds before `requestSmsCode` may send again (0: now)."""
-        last = await SmsCode.filter(challenge_id=challenge_id).order_by("-created_at").first()
-        if last is None:
-            return 0
-        ready_at = last.created_at + self._cooldown
-        return max(0, math.ceil((ready_at - self._clock()).total_seconds()))
+    async def retry_after(self, challenge_id: UUID, expires_at: datetime) -> int:
+        """Seconds before `requestSmsCode` may send again (0: now), the `retryAfter` it would
+        answer otherwise: the cooldown after the last code, or, once the challenge has had
+        all its codes, the rest of its life."""
+        sent = await self._sent_at(challenge_id)
+        if len(sent) >= self._max_sends:
+            return self._seconds_until(expires_at, at_least=1)
+        return self._seconds_until(sent[0] + self._cooldown) if sent else 0
+
+    async def _sent_at(self, challenge_id: UUID) -> list[datetime]:
+        """When each code of the challenge was made, newest first."""
+        query = SmsCode.filter(challenge_id=challenge_id).order_by("-created_at")
+        return [code.created_at for code in await query.only("id", "created_at")]
+
+    def _seconds_until(self, moment: datetime, at_least: int = 0) -> int:
+        return max(at_least, math.ceil((moment - self._clock()).total_seconds()))
 
     # Keywords (S5, H9) -------------------------------------------------------------------
 
