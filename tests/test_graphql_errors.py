@@ -3,6 +3,7 @@ input changes nothing) and G4 (bearer authentication over HTTP)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.graphql_client import (
     gql,
     sign_up,
 )
+from tests.push_helpers import push_account
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
 
@@ -251,6 +253,42 @@ async def test_g2_malformed_challenge_id_is_bad_user_input(client: httpx.AsyncCl
     assert_bad_input(await gql(client, query, {"id": "not-a-uuid"}))
 
 
+def cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+EVENT_PAGE = (
+    "query($a: String) { viewer { securityEvents(first: 3, after: $a) { edges { cursor } } } }"
+)
+REQUEST_PAGE = "query($a: String) { viewer { loginRequests(after: $a) { edges { cursor } } } }"
+SOME_ID = "7d4c1c52-7a5e-4f0e-9a8e-3f9f1f4d2b11"
+
+
+@pytest.mark.parametrize(
+    ("page", "after"),
+    [
+        (EVENT_PAGE, cursor("event:99999999999999999999999")),
+        (EVENT_PAGE, cursor("event:9223372036854775808")),
+        (EVENT_PAGE, cursor("event:" + "0" * 20 + "9" * 20)),
+        (EVENT_PAGE, cursor("event:" + "9" * 5000)),
+        (EVENT_PAGE, cursor("event:\u00b2")),
+        (EVENT_PAGE, cursor("event:-1")),
+        (EVENT_PAGE, "not base64 at all"),
+        (REQUEST_PAGE, cursor(f"request:2026-01-01T00:00:00|{SOME_ID}")),
+        (REQUEST_PAGE, cursor(f"request:0001-01-01T00:00:00+14:00|{SOME_ID}")),
+        (REQUEST_PAGE, cursor("request:2026-01-01T00:00:00+00:00|not-a-uuid")),
+        (REQUEST_PAGE, cursor("event:12")),
+    ],
+)
+async def test_g2_forged_page_cursors_are_bad_user_input(
+    client: httpx.AsyncClient, page: str, after: str
+) -> None:
+    account = await push_account(client, two_factor=False)
+    body = await gql(client, page, {"a": after}, token=account.app.token)
+    assert_bad_input(body)
+    assert body["errors"][0]["message"] == "Malformed cursor."
+
+
 async def test_g2_malformed_id_counts_no_attempt_on_a_real_challenge(
     client: httpx.AsyncClient, username: str
 ) -> None:
@@ -437,3 +475,91 @@ async def test_g4_logout_with_a_bad_bearer_returns_false_and_keeps_the_session(
         assert await post(client, "mutation { logout }", headers) == {"data": {"logout": False}}
     still = await post(client, "{ viewer { username } }", {"Authorization": f"Bearer {token}"})
     assert still == {"data": {"viewer": {"username": username}}}
+
+
+# G2: what is refused before GraphQL begins is still a GraphQL error with a code ---------------
+
+NESTED = (
+    '{"query": "{ __typename }", "variables": {"a": ' + '{"a": ' * 5000 + "1" + "}" * 5001 + "}"
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("application/json", "{}", 400),
+        ("application/json", '{"query": "{ __typename }", "variables": "x"}', 400),
+        ("application/json", '{"query": "query A { __typename }", "operationName": "C"}', 400),
+        ("application/json", "{bad", 400),
+        ("application/json", '"a string"', 400),
+        ("application/json", NESTED, 400),
+        ("text/plain", '{"query": "{ __typename }"}', 400),
+        ("application/x-www-form-urlencoded", "query=%7B__typename%7D", 400),
+    ],
+)
+async def test_g2_a_request_refused_before_parsing_is_bad_user_input_as_json(
+    client: httpx.AsyncClient, content_type: str, body: str, status: int
+) -> None:
+    assert len(body) < 64 * 1024
+    response = await client.post(
+        "/graphql", content=body.encode(), headers={"content-type": content_type}
+    )
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    assert_bad_input(response.json())
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"query": "mutation { logout }"},
+        {"query": "{ __typename }", "variables": "[" * 5000 + "]" * 5000},
+    ],
+)
+async def test_g2_a_refused_get_is_bad_user_input_as_json(
+    client: httpx.AsyncClient, params: dict[str, str]
+) -> None:
+    response = await client.get("/graphql", params=params)
+    assert response.status_code == 400
+    assert_bad_input(response.json())
+
+
+@pytest.mark.parametrize(
+    "subscription",
+    [
+        'subscription { loginChallenge(id: "7d4c1c52-7a5e-4f0e-9a8e-3f9f1f4d2b11", token: "x")'
+        " { status } }",
+        "subscription { loginRequests { id } }",
+    ],
+)
+async def test_g2_a_subscription_over_http_is_bad_user_input(
+    client: httpx.AsyncClient, subscription: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        body = await gql(client, subscription)
+    assert_bad_input(body)
+    assert "websocket" in body["errors"][0]["message"]
+    assert not body.get("data")
+    assert not caplog.records
+
+
+async def test_g3_a_document_too_costly_to_validate_is_query_rejected(
+    client: httpx.AsyncClient,
+) -> None:
+    """Within the token limit, but hundreds of the same field make graphql-core's comparison
+    of fields give up: the limits' code, not a bad input."""
+    body = await gql(client, "{ " + "__typename " * 900 + "}")
+    assert codes_of(body) == ["QUERY_REJECTED"], body
+    assert_no_trace(body)
+
+
+async def test_g2_several_operations_without_an_operation_name_are_bad_user_input(
+    client: httpx.AsyncClient,
+) -> None:
+    """The GraphQL spec's rule: nothing runs, not even the first operation."""
+    document = "query A { __typename } mutation B { logout }"
+    body = await gql(client, document)
+    assert_bad_input(body)
+    assert "operation name" in body["errors"][0]["message"]
+    named = await client.post("/graphql", json={"query": document, "operationName": "A"})
+    assert named.json() == {"data": {"__typename": "Query"}}

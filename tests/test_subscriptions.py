@@ -400,12 +400,18 @@ async def test_p3_app_subscription_on_b_receives_new_login_requests_from_a_and_t
 # G4 ----------------------------------------------------------------------------------------
 
 
-async def test_g4_invalid_bearer_token_in_connection_init_closes_with_4403(
-    gateways: tuple[Gateway, Gateway],
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer not-a-session-token", "not-a-session-token", "Basic dXNlcjpwYXNz", "Bearer ", 42],
+)
+async def test_g4_invalid_authorization_in_connection_init_closes_with_4403(
+    gateways: tuple[Gateway, Gateway], authorization: object
 ) -> None:
+    """Credentials that are not a valid bearer session refuse the socket; they never make it
+    an anonymous one."""
     gateway_a, _ = gateways
     async with open_socket(gateway_a.ws_url) as socket:
-        answer = await socket.initialise({"authorization": "Bearer not-a-session-token"})
+        answer = await socket.initialise({"authorization": authorization})
         assert answer.type == "closed"
         assert await socket.wait_closed() == 4403
 

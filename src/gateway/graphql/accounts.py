@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import cast
 from uuid import UUID
 
@@ -34,6 +34,7 @@ from gateway.login.service import ChallengeView
 from gateway.security.service import SettingsView
 
 MAX_PAGE = 100
+MAX_EVENT_ID = 2**63 - 1
 
 
 def client_of(info: Info, client: ClientInput) -> Client:
@@ -105,14 +106,19 @@ class Viewer:
 def _request_cursor(cursor: str) -> tuple[datetime, UUID]:
     created, _, request_id = decode_cursor("request", cursor).partition("|")
     try:
-        return datetime.fromisoformat(created), UUID(request_id)
-    except ValueError as exc:
+        when = datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("a cursor's time has its offset")
+        return when.astimezone(UTC), UUID(request_id)
+    except (ValueError, OverflowError) as exc:
         raise BadUserInput("Malformed cursor.") from exc
 
 
 def _event_cursor(cursor: str) -> int:
+    """Event ids are 64-bit: a longer number is no cursor of ours, and the database would
+    refuse it as a parameter."""
     raw = decode_cursor("event", cursor)
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_EVENT_ID:
         raise BadUserInput("Malformed cursor.")
     return int(raw)
 

@@ -35,11 +35,19 @@ class GraphQLContext:
     def ip_address(self) -> str | None:
         return self.request.client.host if self.request.client else None
 
-    def bearer_token(self) -> str | None:
+    def _authorization(self) -> str:
+        """The Authorization header, or on a websocket `connection_init`'s `authorization`."""
         header = self.request.headers.get("authorization", "")
         if not header and self.connection_params:
-            header = str(self.connection_params.get("authorization", ""))
-        scheme, _, token = header.partition(" ")
+            header = str(self.connection_params.get("authorization") or "")
+        return header
+
+    def presents_credentials(self) -> bool:
+        """Whether the client sent an authorization at all, usable or not."""
+        return bool(self._authorization().strip())
+
+    def bearer_token(self) -> str | None:
+        scheme, _, token = self._authorization().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         return token.strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from graphql import GraphQLError
+from graphql.validation.validate import ValidationAbortedError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tortoise.exceptions import DBConnectionError, OperationalError
@@ -17,6 +18,8 @@ from tortoise.exceptions import DBConnectionError, OperationalError
 from gateway.core.errors import DomainError, ServiceUnavailable
 
 log = logging.getLogger("gateway.graphql")
+
+TOO_COMPLEX = "The document is too complex to validate."
 
 UNAVAILABLE = (
     RedisConnectionError,
@@ -51,6 +54,9 @@ def map_error(error: GraphQLError, *, development: bool) -> GraphQLError:
             return _with_code(error, message, dict(error.extensions))
         if "tokens. Parsing aborted" in message:
             return _with_code(error, message, {"code": "QUERY_REJECTED"})
+        if isinstance(error, ValidationAbortedError):
+            # graphql-core's budget for comparing fields (hundreds of the same field) ran out.
+            return _with_code(error, TOO_COMPLEX, {"code": "QUERY_REJECTED"})
         return _with_code(error, message, {"code": "BAD_USER_INPUT"})
     if isinstance(original, UNAVAILABLE):
         log.warning("dependency unavailable: %s: %s", type(original).__name__, str(original)[:120])

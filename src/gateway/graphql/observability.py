@@ -14,9 +14,18 @@ import time
 from collections.abc import Iterator
 from functools import lru_cache
 
-from graphql import ASTValidationRule, DocumentNode, GraphQLError, GraphQLSchema, parse
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    parse,
+)
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
+from strawberry.types import ExecutionContext
+from strawberry.types.graphql import OperationType
 
 from gateway.core.metrics import GRAPHQL_SECONDS, operation_label
 
@@ -60,5 +69,42 @@ class DocumentPipeline(SchemaExtension):
         yield
 
     def on_validate(self) -> Iterator[None]:
-        self.execution_context.pre_execution_errors = self._errors
+        context = self.execution_context
+        context.pre_execution_errors = self._errors or _refusals(context)
         yield
+
+
+def _refusals(context: ExecutionContext) -> list[GraphQLError]:
+    """What a valid document still may not do."""
+    if _unnamed_among_many(context):
+        return [OPERATION_NAME_NEEDED]
+    if context.operation_type is OperationType.SUBSCRIPTION and _over_http(context.context):
+        return [SUBSCRIPTION_OVER_HTTP]
+    return []
+
+
+# The GraphQL spec's rule; strawberry would run the document's first operation.
+OPERATION_NAME_NEEDED = GraphQLError(
+    "Must provide operation name if query contains multiple operations.",
+    extensions={"code": "BAD_USER_INPUT"},
+)
+
+
+# Strawberry would run a subscription sent by POST or GET as a query and fail on its stream.
+SUBSCRIPTION_OVER_HTTP = GraphQLError(
+    "Subscriptions are served over the websocket on this path (graphql-transport-ws).",
+    extensions={"code": "BAD_USER_INPUT"},
+)
+
+
+def _unnamed_among_many(context: ExecutionContext) -> bool:
+    document = context.graphql_document
+    if document is None or getattr(context, "_provided_operation_name", None) is not None:
+        return False
+    operations = (d for d in document.definitions if isinstance(d, OperationDefinitionNode))
+    return next(operations, None) is not None and next(operations, None) is not None
+
+
+def _over_http(context: object) -> bool:
+    request = getattr(context, "request", None)
+    return request is not None and request.scope.get("type") == "http"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
+from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +25,8 @@ from gateway.graphql.errors import map_error
 from gateway.graphql.execution import release_tracebacks
 from gateway.graphql.limits import MAX_BODY_BYTES
 
+TOO_DEEP = "The request is nested too deeply."
+
 
 class KanmonGraphQL(GraphQL[GraphQLContext, None]):
     def __init__(
@@ -33,10 +37,27 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
         self._events = events
         self._development = development
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """G2: what strawberry refuses before GraphQL begins (no query, an unknown operation
+        name, a mutation by GET, a content type it does not read) it answers in plain text;
+        here it is a GraphQL error with a code, as every other answer is."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope, receive=receive))
+        except HTTPException as exc:
+            code = "NOT_FOUND" if exc.status_code == HTTPStatus.NOT_FOUND else "BAD_USER_INPUT"
+            response = _refusal(exc.reason, exc.status_code, code)
+        except RecursionError:
+            # `variables` of a GET nested thousands deep: strawberry parses them unguarded.
+            response = _refusal(TOO_DEEP, HTTPStatus.BAD_REQUEST, "BAD_USER_INPUT")
+        await response(scope, receive, send)
+
     async def on_ws_connect(self, context: GraphQLContext) -> UnsetType | dict[str, object] | None:
-        """G4: a session in `connection_init` must be valid (else close 4403); none at all is
-        fine, since `loginChallenge` takes its own credential."""
-        if context.bearer_token() is not None and await context.session() is None:
+        """G4: credentials in `connection_init` must be a valid bearer session (else close
+        4403); none at all is fine, since `loginChallenge` takes its own credential."""
+        if context.presents_credentials() and await context.session() is None:
             raise ConnectionRejectionError({"reason": "invalid session"})
         return None
 
@@ -59,12 +80,14 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
         )
 
 
-def _rejection(message: str, status: int) -> Response:
-    body = {
-        "data": None,
-        "errors": [{"message": message, "extensions": {"code": "QUERY_REJECTED"}}],
-    }
+def _refusal(message: str, status: int, code: str) -> Response:
+    body = {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
     return JSONResponse(body, status_code=status)
+
+
+def _rejection(message: str, status: int) -> Response:
+    """G3: a request over the limits."""
+    return _refusal(message, status, "QUERY_REJECTED")
 
 
 class RequestLimits:
@@ -100,8 +123,8 @@ class RequestLimits:
         if body.lstrip()[:1] == b"[":
             await _rejection("Batched requests are not accepted.", 400)(scope, receive, send)
             return
-        if _is_json(headers) and not _valid_json_object(body):
-            await _rejection("The body must be a JSON object.", 400)(scope, receive, send)
+        if _is_json(headers) and (problem := _json_body_problem(body)):
+            await _refusal(problem, 400, "BAD_USER_INPUT")(scope, receive, send)
             return
         await self.app(scope, _replay(body), send)
 
@@ -110,11 +133,15 @@ def _is_json(headers: dict[bytes, bytes]) -> bool:
     return headers.get(b"content-type", b"").split(b";")[0].strip() == b"application/json"
 
 
-def _valid_json_object(body: bytes) -> bool:
+def _json_body_problem(body: bytes) -> str | None:
     try:
-        return isinstance(json.loads(body), dict)
+        parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        return False
+        return "The body must be a JSON object."
+    except RecursionError:
+        # A few thousand nested brackets fit in 64 KB; nothing of the API nests so deep.
+        return TOO_DEEP
+    return None if isinstance(parsed, dict) else "The body must be a JSON object."
 
 
 def _replay(body: bytes) -> Receive:
