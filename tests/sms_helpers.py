@@ -197,8 +197,8 @@ async def add_phone(
 
 async def verify_phone(services: Services, user: User, code: str) -> PhoneView | DomainError:
     try:
-        async with services.uow():
-            outcome = await services.security.verify_phone(user.session, code)
+        async with services.uow() as work:
+            outcome = await services.security.verify_phone(user.session, code, work)
     except DomainError as error:
         return error
     if outcome.error is not None:

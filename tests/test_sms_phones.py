@@ -17,6 +17,9 @@ import pytest
 from gateway.container import Services
 from gateway.core.audit import SecurityEvent
 from gateway.core.code_throttle import FactorThrottle
+from gateway.core.jobs import JOB_NOTICE_SEND
+from gateway.core.notices import Notice
+from gateway.core.outbox import OutboxMessage
 from gateway.factors.sms.models import Phone, SmsCode, SmsCodePurpose, SmsMessage, SmsStatus
 from tests.conftest import MovableClock
 from tests.graphql_client import (
@@ -496,6 +499,60 @@ async def test_s1_l5_a_code_sent_to_a_replaced_number_is_refused(
     variables = {"id": challenge["id"], "t": challenge["token"]}
     view = (await data(http, CHALLENGE_VIEW, variables))["loginChallenge"]
     assert view["status"] == "PENDING"
+
+
+async def test_a3_s1_replacing_a_verified_number_needs_a_recent_password(
+    make_services: Callable[..., Services], clock: MovableClock
+) -> None:
+    """Confirming a new number removes the old one: a stale or stolen session must not move
+    login codes to its own phone. The old number hears of it, and the history shows both.
+    The window is the configured one (two minutes here, 15 by default)."""
+    services = make_services(clock=clock, reauth_window_seconds=120)
+    async with api_client(services) as http:
+        token = await sign_up(http, unique_username())
+        user_id = await viewer_id(http, token)
+        old, new = fresh_number(), fresh_number()
+        await add_and_verify(http, services, token, old)
+        await data(http, ENABLE_2FA, token=token)
+        clock.advance(121)
+
+        refused = await add(http, token, new)
+        assert error_of(refused)["extensions"]["code"] == "REAUTHENTICATION_REQUIRED"
+        assert await messages_to(new) == []
+
+        await data(http, REAUTHENTICATE, {"p": PASSWORD}, token=token)
+        await data(http, ADD_PHONE, {"n": new, "c": None}, token=token)
+        code = await verification_code(services, user_id)
+        clock.advance(121)
+        late = await gql(http, VERIFY_PHONE, {"c": code}, token=token)
+        assert error_of(late)["extensions"]["code"] == "REAUTHENTICATION_REQUIRED"
+        assert (await Phone.get(user_id=user_id)).number == old
+
+        await data(http, REAUTHENTICATE, {"p": PASSWORD}, token=token)
+        await data(http, VERIFY_PHONE, {"c": code}, token=token)
+
+    assert (await Phone.get(user_id=user_id)).number == new
+    events = await SecurityEvent.filter(user_id=user_id).order_by("id")
+    assert [(e.kind, e.detail) for e in events][-2:] == [
+        ("phone.removed", "replaced"),
+        ("phone.added", None),
+    ]
+    notices = await OutboxMessage.filter(job_name=JOB_NOTICE_SEND)
+    assert [n.payload for n in notices if n.payload["user_id"] == str(user_id)] == [
+        {"user_id": str(user_id), "notice": Notice.PHONE_REMOVED.value, "number": old}
+    ]
+
+
+async def test_a3_s1_a_first_number_needs_no_recent_password(
+    make_services: Callable[..., Services], clock: MovableClock
+) -> None:
+    """A3 guards removals: adding the account's first phone takes nothing away."""
+    services = make_services(clock=clock)
+    async with api_client(services) as http:
+        token = await sign_up(http, unique_username())
+        clock.advance(services.settings.reauth_window_seconds + 1)
+        verified = await add_and_verify(http, services, token, fresh_number())
+    assert verified["verified"] is True
 
 
 async def test_a3_s6_removing_the_phone_needs_a_recent_password(

@@ -436,3 +436,63 @@ async def test_f1_removing_totp_as_last_primary_method_turns_two_factor_off(
     with pytest.raises(GraphQLError) as again:
         await data(client, REMOVE_TOTP, token=token)
     assert again.value.code == "METHOD_NOT_AVAILABLE"
+
+
+# --- replacing TOTP (A3) ---------------------------------------------------------------------
+
+REAUTHENTICATE = "mutation($p: String!) { reauthenticate(password: $p) }"
+EVENTS = "{ viewer { securityEvents(first: 5) { edges { node { kind detail } } } } }"
+
+
+async def test_a3_t1_replacing_a_confirmed_authenticator_needs_a_recent_password(
+    settings: Settings,
+    make_services: Callable[..., Services],
+    clock: MovableClock,
+    username: str,
+) -> None:
+    """A new secret confirmed removes the old one: a stale or stolen session must not move
+    the codes to an authenticator of its own. The window is the configured one (two
+    minutes here)."""
+    app = create_app(settings, make_services(clock=clock, reauth_window_seconds=120))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        token = await sign_up(http, username)
+        first = (await data(http, BEGIN_TOTP, token=token))["beginTotpEnrollment"]["secret"]
+        await data(http, CONFIRM_TOTP, {"c": pyotp.TOTP(first).at(clock.now)}, token=token)
+        clock.advance(121)
+
+        with pytest.raises(GraphQLError) as stale:
+            await data(http, BEGIN_TOTP, token=token)
+        assert stale.value.code == "REAUTHENTICATION_REQUIRED"
+
+        await data(http, REAUTHENTICATE, {"p": PASSWORD}, token=token)
+        second = (await data(http, BEGIN_TOTP, token=token))["beginTotpEnrollment"]["secret"]
+        clock.advance(121)
+        with pytest.raises(GraphQLError) as late:
+            await data(http, CONFIRM_TOTP, {"c": pyotp.TOTP(second).at(clock.now)}, token=token)
+        assert late.value.code == "REAUTHENTICATION_REQUIRED"
+        credential = await TotpCredential.get(
+            user_id=UUID((await data(http, SETTINGS, token=token))["viewer"]["id"])
+        )
+        assert credential.pending_secret_encrypted is not None
+
+        await data(http, REAUTHENTICATE, {"p": PASSWORD}, token=token)
+        await data(http, CONFIRM_TOTP, {"c": pyotp.TOTP(second).at(clock.now)}, token=token)
+        events = (await data(http, EVENTS, token=token))["viewer"]["securityEvents"]["edges"]
+        assert [(e["node"]["kind"], e["node"]["detail"]) for e in events][:3] == [
+            ("totp.enabled", None),
+            ("totp.removed", "replaced"),
+            ("totp.enabled", None),
+        ]
+
+
+async def test_a3_t1_a_first_authenticator_needs_no_recent_password(
+    clocked: httpx.AsyncClient, clock: MovableClock, username: str
+) -> None:
+    token = await sign_up(clocked, username)
+    clock.advance(3600)
+    secret = (await data(clocked, BEGIN_TOTP, token=token))["beginTotpEnrollment"]["secret"]
+    confirmed = await data(
+        clocked, CONFIRM_TOTP, {"c": pyotp.TOTP(secret).at(clock.now)}, token=token
+    )
+    assert confirmed["confirmTotpEnrollment"]["totpEnabled"] is True

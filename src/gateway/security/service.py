@@ -151,10 +151,32 @@ class SecurityService:
         """What keeps 2FA on: a verified phone, a confirmed authenticator, a push device."""
         return methods_of(await method_summary(user_id)) & PRIMARY_METHODS
 
-    async def verify_phone(self, session: Session, code: str) -> Outcome[PhoneView]:
-        """S1, F5: a wrong code counts toward the SMS back-off and is committed as such."""
+    async def add_phone(
+        self,
+        session: Session,
+        number: str,
+        carrier: str | None,
+        ip_address: str | None,
+        work: UnitOfWork,
+    ) -> PhoneView:
+        """S1, A3: a number that would replace a verified one asks for a recent password
+        before any code is sent to it."""
+        user_id = session.user.id
+        if await self._sms.verified_number(user_id) is not None:
+            self._accounts.require_recent_auth(session)
+        return await self._sms.add_phone(user_id, number, carrier, ip_address, work)
+
+    async def verify_phone(
+        self, session: Session, code: str, work: UnitOfWork
+    ) -> Outcome[PhoneView]:
+        """S1, F5, A3: a wrong code counts toward the SMS back-off and is committed as such.
+        Replacing a verified number removes it: that needs a recent password, is recorded,
+        and the old number hears of it (a stolen session must not move 2FA to its phone)."""
         user_id = session.user.id
         await lock_user(user_id)
+        replaced = await self._sms.verified_number(user_id)
+        if replaced is not None:
+            self._accounts.require_recent_auth(session)
         now = self._clock()
         counter = await code_throttle.check(user_id, TwoFactorMethod.SMS.value, now)
         try:
@@ -163,6 +185,8 @@ class SecurityService:
             await code_throttle.failed(user_id, TwoFactorMethod.SMS.value, now, counter)
             return Outcome(error=exc)
         await code_throttle.succeeded(counter)
+        if replaced is not None and replaced != await self._sms.verified_number(user_id):
+            await work.enqueue(notice_job(user_id, Notice.PHONE_REMOVED, replaced))
         return Outcome(value=view)
 
     async def enroll_device(
@@ -209,13 +233,25 @@ class SecurityService:
         return SettingsChange(await self.settings(user_id), disabled)
 
     async def begin_totp(self, session: Session) -> TotpEnrollment:
+        """T1, A3: a new secret that would replace a confirmed one asks for a recent password
+        first."""
+        if (await method_summary(session.user.id)).totp:
+            self._accounts.require_recent_auth(session)
         return await self._totp.begin(session.user.id, session.user.username)
 
     async def confirm_totp(self, session: Session, code: str) -> SettingsView:
-        """T1: TOTP is on once a code from the new secret is accepted."""
-        await self._totp.confirm(session.user.id, code)
-        await audit.record(session.user.id, "totp.enabled")
-        return await self.settings(session.user.id)
+        """T1: TOTP is on once a code from the new secret is accepted. A3: confirming a new
+        secret removes the old one, so it needs a recent password and is recorded as such."""
+        user_id = session.user.id
+        await lock_user(user_id)
+        replacing = (await method_summary(user_id)).totp
+        if replacing:
+            self._accounts.require_recent_auth(session)
+        await self._totp.confirm(user_id, code)
+        if replacing:
+            await audit.record(user_id, "totp.removed", detail="replaced")
+        await audit.record(user_id, "totp.enabled")
+        return await self.settings(user_id)
 
     async def remove_totp(self, session: Session, work: UnitOfWork) -> SettingsChange:
         """A3; when TOTP was the last primary method, 2FA turns off with it."""

@@ -108,7 +108,8 @@ class SmsService:
         return PhoneView(phones.mask(number.e164), False, carrier, False)
 
     async def verify_phone(self, user_id: UUID, code: str) -> PhoneView:
-        """S1: the confirmed number replaces the old one; SMS to it starts unpaused."""
+        """S1: the confirmed number replaces the old one (recorded as its removal); SMS to it
+        starts unpaused."""
         phone = await Phone.get_or_none(user_id=user_id)
         if phone is None or phone.pending_number is None:
             raise NoPendingPhone()
@@ -119,6 +120,7 @@ class SmsService:
             number=phone.pending_number,
         ):
             raise WrongSmsCode()
+        replaced = phone.verified_at is not None and phone.number != phone.pending_number
         phone.number = phone.pending_number
         phone.carrier = phone.pending_carrier
         phone.pending_number = None
@@ -126,6 +128,8 @@ class SmsService:
         phone.verified_at = self._clock()
         phone.sms_paused = False
         await phone.save()
+        if replaced:
+            await audit.record(user_id, "phone.removed", detail="replaced")
         await audit.record(user_id, "phone.added")
         view = phone_view(phone)
         assert view is not None

@@ -16,8 +16,8 @@ class SmsMutation:
         session = await info.context.require_session()
         services = info.context.services
         async with services.uow() as work:
-            view = await services.sms.add_phone(
-                session.user.id, number, carrier, info.context.ip_address, work
+            view = await services.security.add_phone(
+                session, number, carrier, info.context.ip_address, work
             )
         return Phone.of(view)
 
@@ -25,8 +25,8 @@ class SmsMutation:
     async def verify_phone(self, info: Info, code: str) -> Phone:
         session = await info.context.require_session()
         services = info.context.services
-        async with services.uow():
-            outcome = await services.security.verify_phone(session, code)
+        async with services.uow() as work:
+            outcome = await services.security.verify_phone(session, code, work)
         return Phone.of(outcome.unwrap())
 
     @strawberry.mutation
