@@ -4,6 +4,7 @@ count. Time moves on a MovableClock (make_services(clock=...)); the app is the r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,21 @@ async def test_p10_at_most_three_pending_requests_per_account(clocked: Clocked) 
     # ...and so does time: requests past their expiry are not pending any more.
     clock.advance(clocked.services.settings.challenge_ttl_seconds)
     await assert_push_offered(http, account)
+
+
+async def test_p10_twenty_concurrent_logins_open_three_requests(
+    client: httpx.AsyncClient,
+) -> None:
+    """A push-bombing script logs in many times at once: the limit holds under the race (on
+    PostgreSQL the logins run in parallel transactions)."""
+    account = await push_account(client)
+
+    challenges = await asyncio.gather(*(login(client, account.username) for _ in range(20)))
+
+    assert await requests_of(account) == 3
+    offered = [c for c in challenges if c["methods"][0] == "PUSH"]
+    assert len(offered) == 3
+    assert all(c["methods"] == WITHOUT_PUSH for c in challenges if c not in offered)
 
 
 async def test_p10_the_pending_limit_is_per_account(client: httpx.AsyncClient) -> None:

@@ -15,6 +15,7 @@ from tortoise.expressions import Q
 
 from gateway.accounts.clients import APP_CLIENTS
 from gateway.accounts.models import Session
+from gateway.accounts.store import lock_user
 from gateway.core import audit, otp
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
@@ -194,7 +195,10 @@ class PushService:
         work: UnitOfWork,
     ) -> LoginRequest | None:
         """P2, P10: a request for every pushable device, unless push is paused or 3 are
-        pending already (then PUSH is not offered and the other methods are)."""
+        pending already (then PUSH is not offered and the other methods are). The user's row
+        lock makes the count and the insert one step: logins racing for the last free place
+        (a push-bombing script) get one request between them, not one each."""
+        await lock_user(user_id)
         if not await self.push_ready(user_id):
             return None
         now = self._clock()
