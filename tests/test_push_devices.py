@@ -500,3 +500,26 @@ async def test_h2_logged_out_with_the_old_device_gone_a_backup_code_logs_in(
     body = await verify(client, challenge, "BACKUP_CODE", account.backup_code)
     assert code_of(body) == OK
     assert body["data"]["verifyLoginChallenge"]["clientKind"] == "WEB"
+
+
+async def test_a3_p1_a_new_key_for_the_sessions_device_needs_a_recent_password(
+    clocked: Clocked,
+) -> None:
+    """Enrolling again from the same app session replaces its device and key: a stolen app
+    session must not swap in a key of its own, so it asks for the password (A3), and the
+    history shows the replacement (F3)."""
+    http, clock = clocked.http, clocked.clock
+    account = await push_account(http)
+    clock.advance(clocked.services.settings.reauth_window_seconds + 1)
+
+    stale = await enroll_body(http, account.app.token, DeviceKey.new().public_b64)
+    assert code_of(stale) == "REAUTHENTICATION_REQUIRED"
+    assert await Device.filter(id=UUID(account.app.device_id)).count() == 1
+
+    await data(http, REAUTHENTICATE, {"p": PASSWORD}, token=account.app.token)
+    again = await enroll(http, account.app.token, name="reinstalled")
+    assert await Device.filter(id=UUID(account.app.device_id)).count() == 0
+    settings = await settings_of(http, account.app.token)
+    assert [d["id"] for d in settings["devices"]] == [again.device_id]
+    kinds = await event_kinds(account.user_id)
+    assert kinds[-2:] == ["device.removed", "device.enrolled"]

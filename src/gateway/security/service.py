@@ -192,8 +192,11 @@ class SecurityService:
     async def enroll_device(
         self, session: Session, name: str, platform: Platform, push_token: str, public_key: str
     ) -> Enrollment:
-        """P1."""
+        """P1; A3 when the session's device is replaced by a new key: a stolen app session
+        must not swap in a key of its own without the password."""
         await lock_user(session.user.id)
+        if await self._push.device_of_session(session) is not None:
+            self._accounts.require_recent_auth(session)
         return await self._push.enroll(session, name, platform, push_token, public_key)
 
     async def remove_device(

@@ -93,7 +93,8 @@ class PushService:
             raise BadUserInput("The push token is empty or too long.")
         if signing.decode_public_key(public_key) is None:
             raise BadUserInput("publicKey must be the base64 of a raw 32-byte Ed25519 key.")
-        await Device.filter(session_id=session.id).delete()
+        if await Device.filter(session_id=session.id).delete():
+            await audit.record(session.user.id, "device.removed", detail="replaced")
         secret = otp.new_secret()
         device = Device(
             user_id=session.user.id,
