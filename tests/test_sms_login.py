@@ -223,6 +223,21 @@ async def test_s2_retry_after_of_a_challenge_that_had_its_three_codes_is_the_res
     assert refused.retry_after == life_left - 61
 
 
+async def test_s2_the_cooldown_is_the_configured_one(
+    make_services: Callable[..., Services], clock: MovableClock
+) -> None:
+    services = make_services(clock=clock, sms_resend_cooldown_seconds=15)
+    user, _, _ = await sms_user(services)
+    challenge = await log_in(services, user.username)
+    assert challenge.sms_retry_after == 15
+    clock.advance(14)
+    early = await request_sms(services, challenge)
+    assert isinstance(early, RateLimited)
+    assert early.retry_after == 1
+    clock.advance(1)
+    assert isinstance(await request_sms(services, challenge), ChallengeView)
+
+
 async def test_s2_cooldown_restarts_after_every_send(
     make_services: Callable[..., Services], clock: MovableClock
 ) -> None:

@@ -37,8 +37,9 @@ NOTICE_TEXT = {
         "Kanmon: this number was removed from your account's login verification."
     ),
     Notice.PUSH_PAUSED: (
-        "Kanmon: login requests were denied or ignored 3 times in a row, so push approvals are "
-        "paused for an hour. If those weren't you, change your password."
+        # The count and the pause are settings (P10): the text names neither.
+        "Kanmon: several login requests in a row were denied or ignored, so push approvals "
+        "are paused for a while. If those weren't you, change your password."
     ),
 }
 
