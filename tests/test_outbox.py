@@ -1,21 +1,33 @@
 """S4 for the foundation's jobs: an outbox row commits with the change, the relay hands it to
-arq after commit, and the sweeper re-sends what a Redis outage kept from being dispatched."""
+arq after commit, the sweeper re-sends what a Redis outage kept from being dispatched, and the
+redrive re-sends what Redis lost after dispatch."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from uuid import uuid4
+from pathlib import Path
+from uuid import UUID, uuid4
 
+import pytest
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from redis.asyncio.connection import ConnectionPool
 
-from gateway.container import Services
+from gateway.container import Services, build_services, connect_redis
 from gateway.core.audit import SecurityEvent
+from gateway.core.clock import utc_now
 from gateway.core.jobs import JOB_BACKUP_CODES_INVALIDATE, QUEUE_MAINTENANCE, JobRequest
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 from gateway.core.uow import UnitOfWorkFactory
+from gateway.dev import start_embedded_redis
+from gateway.factors.push.models import LoginRequest, PushSend
 from gateway.settings import Settings
-from tests.conftest import run_worker
+from tests.conftest import FAST_PASSWORDS, run_worker
+from tests.fakes.fcm import FakeFcm
+from tests.push_helpers import api, login, push_account
+from workers.redrive import REDRIVE_AFTER, redrive_lost_jobs
+from workers.settings import JOB_OUTBOX_REDRIVE, worker_options
 
 
 def _job(user_id: str) -> JobRequest:
@@ -88,3 +100,68 @@ async def test_s4_a_message_dispatched_twice_runs_once(
     await services.relay.sweep(older_than=timedelta(0))
     await run_worker(settings, QUEUE_MAINTENANCE)
     assert await SecurityEvent.filter(user_id=user_id, kind="backup_codes.invalidated").count() == 1
+
+
+# S4: Redis loses a job after dispatch ------------------------------------------------------
+
+
+@pytest.fixture
+async def lossy_redis() -> AsyncIterator[tuple[str, ArqRedis]]:
+    """A Redis-compatible server of this test's own, which it may empty."""
+    server, url = start_embedded_redis()
+    client = await connect_redis(url)
+    try:
+        yield url, client
+    finally:
+        await client.aclose()
+        server.terminate()
+
+
+def test_s4_the_maintenance_worker_runs_the_redrive_every_minute(settings: Settings) -> None:
+    crons = {c.name: c for c in worker_options(settings, QUEUE_MAINTENANCE)["cron_jobs"]}
+    assert crons[JOB_OUTBOX_REDRIVE].second == {45}
+
+
+async def test_s4_p2_a_fan_out_redis_lost_after_dispatch_is_redriven_and_pushed_once(
+    settings: Settings, lossy_redis: tuple[str, ArqRedis], tmp_path: Path
+) -> None:
+    url, client = lossy_redis
+    async with FakeFcm(project_id="kanmon-test") as fcm:
+        custom = settings.model_copy(
+            update={
+                "redis_url": url,
+                "fcm_credentials": fcm.write_service_account(tmp_path / "service-account.json"),
+                "fcm_endpoint": fcm.endpoint,
+                "fcm_project_id": fcm.project_id,
+            }
+        )
+        services = build_services(custom, client, passwords=FAST_PASSWORDS)
+        try:
+            async with api(services) as http:
+                account = await push_account(http)
+                challenge = await login(http, account.username)
+            request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+            job_key = job_key_prefix + str(request.id)
+            assert await client.exists(job_key)
+
+            await client.flushdb()  # this test's own server only
+            assert await run_worker(custom, "push") == 0
+            await redrive_lost_jobs(services)
+            assert not await client.exists(job_key), "too soon after dispatch"
+
+            then = utc_now() - REDRIVE_AFTER - timedelta(minutes=1)
+            await LoginRequest.filter(id=request.id).update(created_at=then)
+            await OutboxMessage.filter(id=request.id).update(dispatched_at=then)
+            await redrive_lost_jobs(services)
+            assert await client.exists(job_key)
+            await redrive_lost_jobs(services)  # queued: arq refuses a second copy
+            assert await run_worker(custom, "push") >= 1
+            # Its sends are recorded (and its result is kept): never again.
+            await redrive_lost_jobs(services)
+            assert not await client.exists(job_key)
+            await run_worker(custom, "push")
+        finally:
+            await services.close()
+    assert len(fcm.requests_to(account.app.push_token)) == 1
+    (send,) = await PushSend.filter(request_id=request.id)
+    assert (send.outcome, send.attempts) == ("sent", 1)

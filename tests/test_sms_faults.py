@@ -1,5 +1,6 @@
 """S4 fault injection for SMS: real `kanmon worker --queue sms` processes SIGKILLed at three
-points of a send, and a real Redis-compatible server stopped while a login commits.
+points of a send, a real Redis-compatible server stopped while a login commits, and one that
+loses every job after they were dispatched.
 
 The worker processes share the suite's database and Redis and talk HTTP to a fake Twilio running
 in this process (tests/fakes/twilio.py, with a gate per number added below). The database itself
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from pydantic import SecretStr
 from redis.asyncio.connection import ConnectionPool
 from tortoise import connections
@@ -38,11 +39,12 @@ from tortoise.transactions import in_transaction
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.service import Client
 from gateway.container import Services, build_services, connect_redis
+from gateway.core.clock import utc_now
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 from gateway.core.uow import UnitOfWorkFactory
 from gateway.dev import start_embedded_redis
 from gateway.factors.base import TwoFactorMethod
-from gateway.factors.sms.models import SmsAttempt, SmsMessage, SmsStatus
+from gateway.factors.sms.models import SmsAttempt, SmsCode, SmsMessage, SmsStatus
 from gateway.factors.sms.service import PhoneView
 from gateway.login.service import ChallengeView
 from gateway.settings import Settings, SmsProviderName
@@ -51,6 +53,7 @@ from tests.conftest import FAST_PASSWORDS, run_worker
 from tests.fakes.twilio import HOLD_CAP_SECONDS, OK, TIMEOUT, FakeTwilio, RecordedRequest
 from tests.graphql_client import PASSWORD
 from tests.sms_helpers import domain_user, fresh_number, random_ip, sms_user
+from workers.redrive import REDRIVE_AFTER, redrive_lost_jobs
 
 KANMON = Path(sys.executable).parent / "kanmon"
 SENDER = "+15005550006"
@@ -414,3 +417,101 @@ async def test_s4_try_recorded_as_sent_but_not_settled_is_not_resent_uncounted(
     assert message.status is SmsStatus.SENT
     # The provider accepted it once before; every further request is a duplicate.
     assert message.duplicates == len(twilio.requests_to(number))
+
+
+# S4: Redis loses jobs after they were dispatched ------------------------------------------
+
+
+async def dispatched_long_ago(*messages: SmsMessage) -> None:
+    """Moves the messages and their outbox rows REDRIVE_AFTER and more into the past."""
+    ids = [m.id for m in messages]
+    then = utc_now() - REDRIVE_AFTER - timedelta(minutes=1)
+    await SmsMessage.filter(id__in=ids).update(created_at=then)
+    await OutboxMessage.filter(id__in=ids).update(created_at=then, dispatched_at=then)
+
+
+async def in_redis(client: ArqRedis, message: SmsMessage) -> bool:
+    return bool(await client.exists(job_key_prefix + str(message.id)))
+
+
+async def test_s4_jobs_redis_lost_after_dispatch_are_redriven_and_each_message_sent_once(
+    settings: Settings, twilio: GatedTwilio, own_redis: tuple[list[Any], str]
+) -> None:
+    _, url = own_redis
+    custom = settings.model_copy(update={"redis_url": url, **twilio_overrides(twilio)})
+    client = await connect_redis(url)
+    services = build_services(custom, client, passwords=FAST_PASSWORDS)
+    queued, cut_off, in_flight, expired, kept = (fresh_number() for _ in range(5))
+    try:
+        lost = {n: await new_phone_message(services, n) for n in (queued, cut_off, in_flight)}
+        lost[expired] = await new_phone_message(services, expired)
+        assert all([await in_redis(client, m) for m in lost.values()])
+        # A worker died mid-call long ago; another one is in a call right now.
+        for number, started in (
+            (cut_off, utc_now() - timedelta(minutes=5)),
+            (in_flight, utc_now()),
+        ):
+            await SmsMessage.filter(id=lost[number].id).update(
+                status=SmsStatus.SENDING, attempts=1, provider="twilio"
+            )
+            attempt = await SmsAttempt.create(message_id=lost[number].id, provider="twilio")
+            await SmsAttempt.filter(id=attempt.id).update(started_at=started)
+        past = utc_now() - timedelta(seconds=1)
+        await SmsCode.filter(id=lost[expired].code_id).update(expires_at=past)
+        await SmsMessage.filter(id=lost[expired].id).update(expires_at=past)
+
+        # Redis keeps nothing on disk and restarts: every job is gone, the rows say dispatched.
+        await client.flushdb()
+        still = await new_phone_message(services, kept)  # dispatched after: Redis has its job
+        assert await run_worker(custom, "sms") == 1
+        assert len(twilio.requests_to(kept)) == 1
+        # The sweeper sees rows marked dispatched: not its business.
+        await services.relay.sweep(older_than=timedelta(0))
+        assert not any([await in_redis(client, m) for m in lost.values()])
+        # Too soon after dispatch: nothing is re-driven.
+        await redrive_lost_jobs(services)
+        assert not any([await in_redis(client, m) for m in lost.values()])
+
+        await dispatched_long_ago(*lost.values(), still)
+        await redrive_lost_jobs(services)
+        assert [await in_redis(client, lost[n]) for n in (queued, cut_off, in_flight, expired)] == [
+            True,
+            True,
+            False,  # its provider call started less than REDRIVE_AFTER ago
+            True,
+        ]
+        assert not await in_redis(client, still)  # SENT: finished, nothing to redo
+        # Run twice before the worker: the jobs are queued, arq refuses a second copy.
+        await redrive_lost_jobs(services)
+        await run_worker(custom, "sms")
+        await redrive_lost_jobs(services)
+        await run_worker(custom, "sms")
+    finally:
+        await services.close()
+
+    sent_queued = await SmsMessage.get(id=lost[queued].id)
+    assert len(twilio.requests_to(queued)) == 1
+    assert (sent_queued.status, sent_queued.attempts, sent_queued.duplicates) == (
+        SmsStatus.SENT,
+        1,
+        0,
+    )
+    assert sent_queued.provider_sid == twilio.requests_to(queued)[0].sid
+
+    sent_cut_off = await SmsMessage.get(id=lost[cut_off].id)
+    assert len(twilio.requests_to(cut_off)) == 1
+    # The cut-off call may have reached the provider: the resend is counted (S4).
+    assert (sent_cut_off.status, sent_cut_off.duplicates) == (SmsStatus.SENT, 1)
+    assert await outcomes(sent_cut_off) == ["interrupted", "sent"]
+
+    assert twilio.requests_to(in_flight) == []
+    assert (await SmsMessage.get(id=lost[in_flight].id)).status is SmsStatus.SENDING
+    # Nothing left stuck for a later test's maintenance worker to redrive.
+    await SmsMessage.filter(id=lost[in_flight].id).update(status=SmsStatus.FAILED)
+
+    # S3: a code is never sent after it expired, redriven or not.
+    assert twilio.requests_to(expired) == []
+    failed = await SmsMessage.get(id=lost[expired].id)
+    assert (failed.status, failed.error_code) == (SmsStatus.FAILED, "expired")
+
+    assert len(twilio.requests_to(kept)) == 1

@@ -39,6 +39,7 @@ PUSH_JOB_TIMEOUT = 10
 # poll that refills free slots runs once for many jobs instead of once for one or two.
 PUSH_CONCURRENCY = 50
 MAINTENANCE_JOB_TIMEOUT = 30
+JOB_OUTBOX_REDRIVE = "outbox.redrive"
 
 
 def functions_for(queue: str) -> list[Function]:
@@ -111,6 +112,14 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
                 second=set(range(0, 60, 10)),
                 run_at_startup=True,
                 timeout=30,
+            )
+        )
+        cron_jobs.append(
+            cron(
+                maintenance.outbox_redrive,
+                name=JOB_OUTBOX_REDRIVE,
+                second={45},
+                timeout=MAINTENANCE_JOB_TIMEOUT,
             )
         )
         cron_jobs.append(

@@ -1,10 +1,12 @@
 """Transactional outbox (S4): jobs are rows written with the change that caused them, handed
-to arq only after commit by the relay, and re-sent by the sweeper if that hand-off was lost."""
+to arq only after commit by the relay, re-sent by the sweeper if that hand-off was lost, and
+re-driven if Redis lost the job after the hand-off."""
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Collection
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -72,3 +74,30 @@ class OutboxRelay:
             .limit(limit)
         )
         return await self.dispatch(stuck)
+
+    async def redrive(self, ids: Collection[UUID], dispatched_before: datetime) -> int:
+        """S4: enqueues again the rows `ids`, dispatched before `dispatched_before`, whose work
+        the caller found unfinished in the database. Redis may have lost their jobs after the
+        hand-off (a restart without persistence, the last second of an AOF). The same job id is
+        used, and arq's rule holds: while the job or its kept result is in Redis nothing is
+        enqueued, so a job still queued, deferred for a retry, running or finished is never
+        doubled. Returns how many jobs were enqueued again."""
+        if not ids:
+            return 0
+        rows = await OutboxMessage.filter(id__in=list(ids), dispatched_at__lt=dispatched_before)
+        redriven = 0
+        for row in rows:
+            try:
+                added = await self._queue.enqueue(row.job_name, row.payload, str(row.id), row.queue)
+            except Exception:  # Redis down: the next run tries again.
+                log.warning("outbox redrive failed", extra={"outbox_id": str(row.id)})
+                continue
+            if not added:
+                continue
+            redriven += 1
+            log.warning(
+                "outbox job lost by Redis enqueued again",
+                extra={"outbox_id": str(row.id), "job": row.job_name},
+            )
+            await OutboxMessage.filter(id=row.id).update(dispatched_at=utc_now())
+        return redriven

@@ -1,4 +1,5 @@
-"""Maintenance jobs: backup-code invalidation follow-up, notices, the outbox sweeper."""
+"""Maintenance jobs: backup-code invalidation follow-up, notices, the outbox sweeper and
+redrive."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from uuid import UUID
 from gateway.container import Services
 from gateway.core import audit
 from gateway.core.notices import Notice
+from workers.redrive import redrive_lost_jobs
 
 
 async def backup_codes_invalidate(ctx: dict[str, Any], payload: dict[str, Any]) -> None:
@@ -41,3 +43,9 @@ async def outbox_sweep(ctx: dict[str, Any]) -> int:
     services: Services = ctx["services"]
     after = timedelta(seconds=services.settings.outbox_sweep_after_seconds)
     return await services.relay.sweep(after)
+
+
+async def outbox_redrive(ctx: dict[str, Any]) -> int:
+    """S4: enqueues again dispatched work that Redis lost (workers.redrive)."""
+    services: Services = ctx["services"]
+    return await redrive_lost_jobs(services)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 from uuid import UUID
@@ -194,6 +195,34 @@ class SmsDelivery:
         if code.purpose is SmsCodePurpose.VERIFY_PHONE:
             return codes.verification_body(plain)
         return codes.login_body(plain)
+
+
+async def stalled_messages(
+    now: datetime, quiet_for: timedelta, horizon: timedelta, limit: int = 500
+) -> list[UUID]:
+    """S4: messages created within `horizon` that a worker has not finished, with no provider
+    call started in the last `quiet_for` (QUEUED, or SENDING past that lease). Their job is
+    deferred for a retry, waiting in a long queue, or was lost with Redis: the outbox's redrive
+    tells these apart by asking Redis. The oldest `limit`, oldest first; the message id is its
+    outbox row's id."""
+    found = (
+        await SmsMessage.filter(
+            status__in=[SmsStatus.QUEUED, SmsStatus.SENDING],
+            created_at__gte=now - horizon,
+            created_at__lt=now - quiet_for,
+        )
+        .order_by("created_at")
+        .limit(limit)
+        .values_list("id", flat=True)
+    )
+    ids = [UUID(str(value)) for value in found]
+    if not ids:
+        return []
+    busy = await SmsAttempt.filter(message_id__in=ids, started_at__gte=now - quiet_for).values_list(
+        "message_id", flat=True
+    )
+    recent = {UUID(str(value)) for value in busy}
+    return [message_id for message_id in ids if message_id not in recent]
 
 
 async def purge_expired_codes(now_clock: Clock = utc_now) -> int:
