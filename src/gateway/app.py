@@ -154,6 +154,7 @@ class _LazyGraphQL:
                 self._events.get(),
                 schema=self._schema,
                 development=self._settings.development,
+                legacy_ws=self._settings.graphql_ws_legacy,
                 graphql_ide="graphiql" if self._settings.development else None,
             )
         return self._view

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None
+    # G1: also accept the legacy graphql-ws websocket protocol (subscriptions-transport-ws
+    # clients) beside graphql-transport-ws.
+    graphql_ws_legacy: bool = False
     secret_key: SecretStr | None = None
     old_secret_keys: SecretStr = SecretStr("")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from http import HTTPStatus
 from typing import Any
@@ -14,7 +16,12 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ConnectionInitMessage,
+    OperationMessage,
+)
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
@@ -28,11 +35,78 @@ from gateway.graphql.limits import MAX_BODY_BYTES
 TOO_DEEP = "The request is nested too deeply."
 
 
+class LegacyWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
+    """G1: the legacy graphql-ws protocol, held to what graphql-transport-ws does here.
+    Strawberry's handler would close 1011 on refused credentials (G4 says 4403), fail the
+    whole connection on a message without its fields, accept a second `connection_init`
+    and leave a socket that never sends one open for good."""
+
+    _init_received = False
+
+    async def handle(self) -> None:
+        timeout = asyncio.create_task(self._close_if_never_initialised())
+        try:
+            await super().handle()
+        finally:
+            timeout.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timeout
+
+    async def _close_if_never_initialised(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self._init_received:
+            with contextlib.suppress(RuntimeError):  # the client left meanwhile
+                await self.websocket.close(code=4408, reason="Connection initialisation timeout")
+
+    async def handle_message(self, message: OperationMessage) -> None:
+        try:
+            await super().handle_message(message)
+        except (KeyError, TypeError):  # `start` without a payload or query, a non-object
+            await self.websocket.close(code=4400, reason="Failed to parse message")
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await self.websocket.close(code=4400, reason="Invalid connection init payload")
+            return
+        if self._init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
+        self._init_received = True
+        self.context.connection_params = payload
+        try:
+            acknowledgement = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as rejection:
+            await self.send_message({"type": "connection_error", "payload": rejection.payload})
+            await self.websocket.close(code=4403, reason="Forbidden")
+            return
+        if isinstance(acknowledgement, dict):
+            await self.send_message({"type": "connection_ack", "payload": acknowledgement})
+        else:
+            await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
+        if self.keep_alive:
+            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
+
+
 class KanmonGraphQL(GraphQL[GraphQLContext, None]):
+    graphql_ws_handler_class = LegacyWSHandler
+
     def __init__(
-        self, services: Services, events: EventHub, *, development: bool, **kwargs: Any
+        self,
+        services: Services,
+        events: EventHub,
+        *,
+        development: bool,
+        legacy_ws: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,), **kwargs)
+        """G1: graphql-transport-ws always; the legacy graphql-ws too when `legacy_ws`
+        (KANMON_GRAPHQL_WS_LEGACY)."""
+        protocols: tuple[str, ...] = (GRAPHQL_TRANSPORT_WS_PROTOCOL,)
+        if legacy_ws:
+            protocols += (GRAPHQL_WS_PROTOCOL,)
+        super().__init__(subscription_protocols=protocols, **kwargs)
         self._services = services
         self._events = events
         self._development = development
