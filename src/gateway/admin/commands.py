@@ -3,7 +3,7 @@
 Exit codes, the same for every subcommand, so scripts can branch on them:
   0  done; nothing needs attention
   1  something needs attention (stuck SMS; outbox rows still stuck after --replay)
-  2  usage or configuration error (argparse, a missing KANMON_* setting)
+  2  usage or configuration error (argparse, a missing KANMON_* setting or key)
   3  reset-2fa: no account has that username
   4  the database or Redis could not be used (the message says why)
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import sys
 import textwrap
 import traceback
@@ -37,6 +38,7 @@ EXIT_UNAVAILABLE = 4
 
 DEFAULT_OUTBOX_AGE = 60
 DEFAULT_SMS_AGE = 300
+DEFAULT_REKEY_BATCH = 500
 
 Handler = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
@@ -102,6 +104,16 @@ def _error(message: str) -> None:
 
 
 # Argument types ---------------------------------------------------------------------------------
+
+
+def _batch(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("a whole number of rows") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1 row")
+    return value
 
 
 def _seconds(text: str) -> int:
@@ -282,6 +294,18 @@ async def _queues(settings: Settings, _: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _rekey(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin.rekey import rekey
+    from gateway.core.crypto import SecretBox
+
+    # A missing or malformed key is a ConfigurationError (exit 2) before anything is read.
+    box = SecretBox(settings.secret_keys())
+    async with _database(settings):
+        report = await rekey(box, batch=args.batch_size)
+    print(json.dumps(report.as_json(), indent=2))
+    return EXIT_OK
+
+
 # Wiring -----------------------------------------------------------------------------------------
 
 
@@ -290,7 +314,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     admin = sub.add_parser(
         "admin",
-        help="operator console: reset 2FA, outbox, stuck SMS, queues",
+        help="operator console: reset 2FA, outbox, stuck SMS, queues, rekey",
         description=_wrap(
             "Support and operator commands (O1). Settings come from KANMON_* variables."
         ),
@@ -389,6 +413,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=formatter,
     )
     queues.set_defaults(admin_handler=_queues)
+
+    rekey = commands.add_parser(
+        "rekey",
+        help="re-seal every stored secret under KANMON_SECRET_KEY after a rotation (T3)",
+        description=_wrap(
+            "Opens every sealed secret (authenticator secrets, pending ones too, device "
+            "login-code secrets, SMS codes) still under a key from KANMON_OLD_SECRET_KEYS and "
+            "seals it under KANMON_SECRET_KEY, in batches, each row only if it is unchanged "
+            "meanwhile: safe to run twice and beside live traffic. Prints a JSON report: counts "
+            "per kind, secrets no accepted key opens, and the backup codes, temporary passwords "
+            "and SMS codes whose hashes still need an old key (they cannot be re-hashed)."
+        ),
+        epilog=_exit_codes(
+            "0  done (the report says whether the old keys are still needed)",
+            "2  usage or configuration error (KANMON_SECRET_KEY missing or malformed)",
+            "4  the database could not be used",
+        ),
+        formatter_class=formatter,
+    )
+    rekey.add_argument(
+        "--batch-size",
+        type=_batch,
+        default=DEFAULT_REKEY_BATCH,
+        metavar="ROWS",
+        help=f"rows read per query (default {DEFAULT_REKEY_BATCH})",
+    )
+    rekey.set_defaults(admin_handler=_rekey)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,11 +6,13 @@ layer's business; this module decides about devices and requests and reports wha
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from cryptography.exceptions import InvalidTag
 from tortoise.expressions import Q
 
 from gateway.accounts.clients import APP_CLIENTS
@@ -39,6 +41,8 @@ from gateway.factors.push.models import (
     PushFatigue,
 )
 from gateway.factors.summary import MethodSummary
+
+log = logging.getLogger(__name__)
 
 MAX_NAME = 64
 MAX_TOKEN = 4096
@@ -161,9 +165,9 @@ class PushService:
         """P8: a TOTP of any enrolled device's login-code secret, with T2's replay rule."""
         now = self._clock()
         for device in await Device.filter(user_id=user_id):
-            secret = self._box.decrypt(
-                device.login_code_secret_sealed, context=_secret_context(device.id)
-            )
+            secret = self._login_code_secret(device)
+            if secret is None:
+                continue
             step = otp.matching_step(secret, code, now, after_step=device.last_code_step)
             if step is None:
                 continue
@@ -173,6 +177,21 @@ class PushService:
             if claimed == 1:
                 return ACCEPTED
         return Verdict(accepted=False, error=WrongAppCode())
+
+    def _login_code_secret(self, device: Device) -> str | None:
+        """T3: None (logged, without the secret) when no accepted key opens it, e.g. after an
+        old key was dropped before `kanmon admin rekey` re-sealed it: the device's codes are
+        then refused like wrong ones."""
+        try:
+            return self._box.decrypt(
+                device.login_code_secret_sealed, context=_secret_context(device.id)
+            )
+        except (ValueError, InvalidTag):
+            log.error(
+                "device login-code secret cannot be opened with any accepted key",
+                extra={"device_id": str(device.id)},
+            )
+            return None
 
     # Login requests (P2, P3, P10) ----------------------------------------------------------
 

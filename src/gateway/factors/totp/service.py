@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from uuid import UUID
+
+from cryptography.exceptions import InvalidTag
 
 from gateway.accounts.clients import ClientKind
 from gateway.core import otp, sql
@@ -14,6 +17,8 @@ from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
 from gateway.factors.summary import MethodSummary
 from gateway.factors.totp.errors import TotpNotPending, WrongTotpCode
 from gateway.factors.totp.models import TotpCredential
+
+log = logging.getLogger(__name__)
 
 ISSUER = "Kanmon"
 
@@ -64,7 +69,10 @@ class TotpService:
         credential = await TotpCredential.get_or_none(user_id=user_id)
         if credential is None or credential.pending_secret_encrypted is None:
             raise TotpNotPending()
-        secret = self._box.decrypt(credential.pending_secret_encrypted, context=_context(user_id))
+        secret = self._open(credential.pending_secret_encrypted, credential, "pending")
+        if secret is None:
+            # T3: sealed under a key no longer accepted; a new enrollment is the way out.
+            raise TotpNotPending()
         step = otp.matching_step(secret, code, self._clock(), after_step=-1)
         if step is None:
             raise WrongTotpCode()
@@ -91,7 +99,9 @@ class TotpService:
         credential = await sql.fetch_model(TotpCredential, _ACTIVE_CREDENTIAL(), [user_id])
         if credential is None or credential.secret_encrypted is None:
             return Verdict(accepted=False, error=WrongTotpCode())
-        secret = self._box.decrypt(credential.secret_encrypted, context=_context(user_id))
+        secret = self._open(credential.secret_encrypted, credential, "active")
+        if secret is None:
+            return Verdict(accepted=False, error=WrongTotpCode())
         step = otp.matching_step(secret, code, self._clock(), after_step=credential.last_step)
         if step is None:
             return Verdict(accepted=False, error=WrongTotpCode())
@@ -103,3 +113,15 @@ class TotpService:
                 secret_encrypted=self._box.encrypt(secret, context=_context(user_id))
             )
         return ACCEPTED
+
+    def _open(self, sealed: str, credential: TotpCredential, which: str) -> str | None:
+        """T3: the secret, or None (logged, without the secret) when no accepted key opens it,
+        e.g. after an old key was dropped before `kanmon admin rekey` re-sealed it."""
+        try:
+            return self._box.decrypt(sealed, context=_context(credential.user_id))
+        except (ValueError, InvalidTag):
+            log.error(
+                "totp secret cannot be opened with any accepted key",
+                extra={"credential_id": str(credential.id), "column": which},
+            )
+            return None
