@@ -27,16 +27,25 @@ from gateway.accounts.models import User
 from gateway.accounts.service import Client
 from gateway.app import create_app
 from gateway.container import Services
+from gateway.core.clock import utc_now
 from gateway.core.outbox import OutboxMessage
 from gateway.factors.sms import phones
-from gateway.factors.sms.delivery import purge_expired_codes
-from gateway.factors.sms.models import Phone, SmsAttempt, SmsCode, SmsMessage, SmsStatus
+from gateway.factors.sms.delivery import purge_expired_codes, settle_early_receipts
+from gateway.factors.sms.models import (
+    Phone,
+    SmsAttempt,
+    SmsCode,
+    SmsEarlyReceipt,
+    SmsMessage,
+    SmsStatus,
+)
 from gateway.factors.summary import method_summary
 from gateway.login.service import ChallengeView
 from gateway.settings import Settings, SmsProviderName
 from tests.conftest import MovableClock, run_worker
 from tests.fakes.twilio import (
     INVALID_NUMBER,
+    OK,
     TIMEOUT,
     UNSUBSCRIBED,
     FakeTwilio,
@@ -616,3 +625,119 @@ async def test_s3_replayed_receipt_changes_nothing_and_status_never_moves_back(
     assert after.status is SmsStatus.DELIVERED
     assert after.delivered_at == delivered.delivered_at
     assert after.error_code is None
+
+
+# S3: a receipt that races the worker --------------------------------------------------------
+
+
+@pytest.fixture
+def patient_settings(settings_for_twilio: Settings) -> Settings:
+    """The worker waits for a held send long enough for the test to act meanwhile."""
+    return settings_for_twilio.model_copy(update={"sms_send_timeout_seconds": 10.0})
+
+
+async def test_s3_delivered_receipt_that_beats_the_workers_write_of_the_sid_is_kept(
+    services: Services,
+    patient_settings: Settings,
+    twilio: FakeTwilio,
+    receipts_client: httpx.AsyncClient,
+    number: str,
+) -> None:
+    twilio.script(OK.held_until_released(), to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+
+    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
+    try:
+        (request,) = await twilio.wait_for_requests(1, to=number)
+        assert request.sid is not None
+        # Twilio took the message and its callback arrives before its answer to the worker.
+        response = await twilio.post_receipt(receipts_client, request.sid, "delivered")
+        assert response.status_code == 204
+        assert (await reload(message)).status is SmsStatus.SENDING
+    finally:
+        twilio.release()
+        await worker
+
+    message = await reload(message)
+    assert message.status is SmsStatus.DELIVERED
+    assert message.provider_sid == request.sid
+    assert message.delivered_at is not None
+    assert message.sent_at is not None
+    assert await SmsEarlyReceipt.filter(provider_sid=request.sid).count() == 0
+    # A late "sent" receipt, or the job run again, does not pull it back.
+    assert (await twilio.post_receipt(receipts_client, request.sid, "sent")).status_code == 204
+    await run_worker(patient_settings, "sms")
+    assert (await reload(message)).status is SmsStatus.DELIVERED
+    assert len(twilio.requests_to(number)) == 1
+
+
+async def test_s3_undelivered_receipt_that_beats_the_worker_keeps_its_carrier_error(
+    services: Services,
+    patient_settings: Settings,
+    twilio: FakeTwilio,
+    receipts_client: httpx.AsyncClient,
+    number: str,
+) -> None:
+    twilio.script(OK.held_until_released(), to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+
+    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
+    try:
+        (request,) = await twilio.wait_for_requests(1, to=number)
+        assert request.sid is not None
+        await twilio.post_receipt(receipts_client, request.sid, "sent")
+        await twilio.post_receipt(receipts_client, request.sid, "undelivered", error_code="30003")
+    finally:
+        twilio.release()
+        await worker
+
+    message = await reload(message)
+    assert (message.status, message.error_code) == (SmsStatus.UNDELIVERED, "30003")
+    assert message.provider_sid == request.sid
+
+
+async def test_s3_a_final_status_written_while_the_send_is_in_flight_is_never_moved_back(
+    services: Services, patient_settings: Settings, twilio: FakeTwilio, number: str
+) -> None:
+    twilio.script(OK.held_until_released(), to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+
+    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
+    try:
+        (request,) = await twilio.wait_for_requests(1, to=number)
+        await SmsMessage.filter(id=message.id).update(
+            status=SmsStatus.DELIVERED, delivered_at=utc_now()
+        )
+    finally:
+        twilio.release()
+        await worker
+
+    message = await reload(message)
+    assert message.status is SmsStatus.DELIVERED
+    assert message.provider_sid == request.sid  # later receipts still find it
+
+
+async def test_s3_a_kept_receipt_is_applied_by_the_housekeeping_once_the_sid_is_known(
+    services: Services,
+    settings_for_twilio: Settings,
+    twilio: FakeTwilio,
+    number: str,
+) -> None:
+    """What a worker killed between recording the sid and looking for early receipts leaves."""
+    message, sid = await sent_message(services, settings_for_twilio, twilio, number)
+    received = utc_now() - timedelta(seconds=5)
+    await SmsEarlyReceipt.create(provider_sid=sid, status=SmsStatus.DELIVERED, received_at=received)
+    orphan = "SM" + secrets.token_hex(16)  # its try was cut off; the message went under another
+    await SmsEarlyReceipt.create(
+        provider_sid=orphan, status=SmsStatus.DELIVERED, received_at=utc_now() - timedelta(days=2)
+    )
+
+    assert await settle_early_receipts() >= 1
+
+    message = await reload(message)
+    assert message.status is SmsStatus.DELIVERED
+    assert message.delivered_at == received
+    assert await SmsEarlyReceipt.filter(provider_sid__in=[sid, orphan]).count() == 0

@@ -1,4 +1,4 @@
-"""SMS jobs: send one message (S3, S4), purge expired codes (F4)."""
+"""SMS jobs: send one message (S3, S4), purge expired codes (F4), settle early receipts (S3)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from uuid import UUID
 
 from arq import Retry
 
-from gateway.factors.sms.delivery import SmsDelivery, purge_expired_codes
+from gateway.factors.sms.delivery import SmsDelivery, purge_expired_codes, settle_early_receipts
 
 log = logging.getLogger(__name__)
 
@@ -29,4 +29,5 @@ async def sms_send(ctx: dict[str, Any], payload: dict[str, Any]) -> str:
 
 
 async def sms_purge_expired_codes(ctx: dict[str, Any]) -> int:
+    await settle_early_receipts()
     return await purge_expired_codes()

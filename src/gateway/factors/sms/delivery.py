@@ -11,9 +11,10 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
+from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from gateway.core.clock import Clock, utc_now
@@ -26,12 +27,18 @@ from gateway.factors.sms.models import (
     SmsAttempt,
     SmsCode,
     SmsCodePurpose,
+    SmsEarlyReceipt,
     SmsMessage,
     SmsStatus,
 )
 
 MAX_BACKOFF_SECONDS = 60.0
 UNSUBSCRIBED = "21610"
+# QUEUED > SENDING > SENT > DELIVERED, or FAILED / UNDELIVERED (S3): the worker moves a message
+# while it is one of these; after SENT only receipts move it, and only to a final status.
+UNSENT = (SmsStatus.QUEUED, SmsStatus.SENDING)
+# A receipt whose message never got its sid (a cut-off try, resent under another) is dropped.
+EARLY_RECEIPT_KEEP = timedelta(days=1)
 
 
 class ProviderOutcome(StrEnum):
@@ -102,42 +109,31 @@ class SmsDelivery:
         return None
 
     async def deliver(self, message_id: UUID, job_try: int) -> DeliveryResult:
-        """S3: one try of one message. Idempotent: a sent or final message is left alone."""
+        """S3: one try of one message. Idempotent: a sent or final message is left alone. Each
+        status move is conditional on the status it moves from, so a delivery receipt that got
+        there first is never overwritten."""
         message = await SmsMessage.get_or_none(id=message_id)
         if message is None:
             return DeliveryResult(SmsStatus.FAILED)
-        if message.status is SmsStatus.SENT or message.status in FINAL_STATUSES:
+        if message.status not in UNSENT:
             return DeliveryResult(message.status)
-        now = self._clock()
-        earlier = [
-            a.outcome for a in await SmsAttempt.filter(message_id=message.id).only("id", "outcome")
-        ]
-        interrupted = sum(1 for outcome in earlier if outcome is None)
-        if interrupted:
-            # S4: the provider may have sent it before the worker died; count, don't hide.
-            await SmsAttempt.filter(message_id=message.id, outcome__isnull=True).update(
-                outcome="interrupted", finished_at=now
-            )
-            message.duplicates += interrupted
+        earlier = await self._close_interrupted(message)
         if "sent" in earlier:
             # The provider took it but the status never settled: it went; don't send again.
-            message.status = SmsStatus.SENT
-            message.sent_at = now
-            await message.save(update_fields=["status", "sent_at", "duplicates"])
-            return DeliveryResult(SmsStatus.SENT)
-        if message.expires_at is not None and message.expires_at <= now:
-            return await self._fail(message, "expired")
+            return await self._move(message, SmsStatus.SENT, sent_at=self._clock())
         body = await self._body(message)
         if body is None:
             return await self._fail(message, "expired")
         provider = self._provider_for(job_try)
         if provider is None:
             return await self._fail(message, message.error_code or "retries_exhausted")
-        message.status = SmsStatus.SENDING
-        message.attempts += 1
         message.provider = provider.name
         # Dying between these two writes leaves no attempt: the re-run sends, nothing went yet.
-        await message.save(update_fields=["status", "attempts", "provider", "duplicates"])
+        claimed = await self._move(
+            message, SmsStatus.SENDING, attempts=F("attempts") + 1, provider=provider.name
+        )
+        if claimed.status is not SmsStatus.SENDING:
+            return claimed
         attempt = await SmsAttempt.create(message_id=message.id, provider=provider.name)
         result = await provider.send(message.to_number, body)
         # The attempt's outcome and the message's new status commit together: a worker dying
@@ -149,43 +145,76 @@ class SmsDelivery:
                 error_code=result.error_code,
                 finished_at=self._clock(),
             )
-            return await self._settle(message, result, job_try)
+            settled = await self._settle(message, result, job_try)
+        if result.outcome is ProviderOutcome.SENT and result.sid:
+            # Only now can a receipt that came before the sid was recorded find its message.
+            await apply_early_receipts(result.sid, self._clock)
+        return settled
+
+    async def _close_interrupted(self, message: SmsMessage) -> list[str | None]:
+        """S4: a try without an outcome was cut off by a dead worker, and the provider may have
+        sent it: it is closed and counted as a possible duplicate in one step. Returns the
+        outcomes of the earlier tries."""
+        earlier = [
+            a.outcome for a in await SmsAttempt.filter(message_id=message.id).only("id", "outcome")
+        ]
+        interrupted = earlier.count(None)
+        if interrupted:
+            async with in_transaction("default"):
+                await SmsAttempt.filter(message_id=message.id, outcome__isnull=True).update(
+                    outcome="interrupted", finished_at=self._clock()
+                )
+                await SmsMessage.filter(id=message.id).update(
+                    duplicates=F("duplicates") + interrupted
+                )
+        return earlier
 
     async def _settle(
         self, message: SmsMessage, result: ProviderResult, job_try: int
     ) -> DeliveryResult:
         if result.outcome is ProviderOutcome.SENT:
-            message.status = SmsStatus.SENT
-            message.provider_sid = result.sid
-            message.sent_at = self._clock()
-            message.error_code = None
-            await message.save(update_fields=["status", "provider_sid", "sent_at", "error_code"])
-            SMS_MESSAGES.labels(SmsStatus.SENT.value, message.provider or "none").inc()
-            return DeliveryResult(SmsStatus.SENT)
+            # The sid is recorded whatever the status became meanwhile: receipts look for it.
+            await SmsMessage.filter(id=message.id).update(
+                provider_sid=result.sid, sent_at=self._clock()
+            )
+            return await self._move(message, SmsStatus.SENT, error_code=None)
         if result.outcome is ProviderOutcome.PERMANENT:
             if result.error_code == UNSUBSCRIBED:
                 await Phone.filter(number=message.to_number).update(sms_paused=True)
             return await self._fail(message, result.error_code or "permanent")
-        message.error_code = result.error_code or (
+        error = result.error_code or (
             f"http_{result.http_status}" if result.http_status else "timeout"
         )
         if self._provider_for(job_try + 1) is None:
-            return await self._fail(message, message.error_code)
-        message.status = SmsStatus.QUEUED
-        await message.save(update_fields=["status", "error_code"])
+            return await self._fail(message, error)
+        queued = await self._move(message, SmsStatus.QUEUED, error_code=error)
+        if queued.status is not SmsStatus.QUEUED:
+            return queued
         # The first try of the fallback goes at once: the primary's back-off is its own.
         switching = self._provider_for(job_try + 1) is not self._provider_for(job_try)
         delay = 0.0 if switching else backoff_seconds(job_try, self._base, result.retry_after)
         return DeliveryResult(SmsStatus.QUEUED, retry_in=delay)
 
     async def _fail(self, message: SmsMessage, error: str) -> DeliveryResult:
-        message.status = SmsStatus.FAILED
-        message.error_code = error
-        await message.save(update_fields=["status", "error_code", "duplicates"])
-        SMS_MESSAGES.labels(SmsStatus.FAILED.value, message.provider or "none").inc()
-        return DeliveryResult(SmsStatus.FAILED)
+        return await self._move(message, SmsStatus.FAILED, error_code=error)
+
+    async def _move(self, message: SmsMessage, status: SmsStatus, **changes: Any) -> DeliveryResult:
+        """S3: the worker moves a message only while it is QUEUED or SENDING; once SENT or
+        final it belongs to the receipts. Returns the status the message has afterwards."""
+        moved = await SmsMessage.filter(id=message.id, status__in=list(UNSENT)).update(
+            status=status, **changes
+        )
+        if not moved:
+            current = await SmsMessage.get(id=message.id).only("id", "status")
+            return DeliveryResult(current.status)
+        if status in (SmsStatus.SENT, SmsStatus.FAILED):
+            SMS_MESSAGES.labels(status.value, message.provider or "none").inc()
+        return DeliveryResult(status)
 
     async def _body(self, message: SmsMessage) -> str | None:
+        """The text to send, or None once the message or its code expired (S3)."""
+        if message.expires_at is not None and message.expires_at <= self._clock():
+            return None
         if message.code_id is None:
             return message.body
         code = await SmsCode.get_or_none(id=message.code_id)
@@ -240,23 +269,68 @@ RECEIPT_STATUSES = {
     "undelivered": SmsStatus.UNDELIVERED,
     "failed": SmsStatus.FAILED,
 }
-ORDER = [SmsStatus.QUEUED, SmsStatus.SENDING, SmsStatus.SENT]
 
 
 async def apply_receipt(sid: str, status_text: str, error_code: str | None, clock: Clock) -> bool:
-    """S3: a delivery receipt moves a message forward, never back; unknown ids and replays
-    change nothing. Returns whether anything changed."""
+    """S3: a delivery receipt settles a message (DELIVERED, FAILED, UNDELIVERED) and never
+    moves it back; earlier states, unknown ids and replays change nothing. A receipt that comes
+    before the worker recorded the message's sid waits for it. Returns whether a message
+    changed."""
     status = RECEIPT_STATUSES.get(status_text.strip().lower())
-    if status is None or not sid or len(sid) > 64:
+    if status is None or status not in FINAL_STATUSES or not sid or len(sid) > 64:
         return False
+    code = error_code[:32] if error_code else None
     message = await SmsMessage.get_or_none(provider_sid=sid)
-    if message is None or message.status in FINAL_STATUSES or status in ORDER:
+    if message is not None:
+        return await _settle_by_receipt(message, status, code, clock())
+    await SmsEarlyReceipt.create(
+        provider_sid=sid, status=status, error_code=code, received_at=clock()
+    )
+    # The worker looks for early receipts after it records the sid, and this looks for the sid
+    # after keeping the receipt: whichever comes second applies it.
+    return await apply_early_receipts(sid, clock)
+
+
+async def apply_early_receipts(sid: str, clock: Clock) -> bool:
+    """S3: once the message of `sid` is known, settles it with the first receipt kept for it,
+    and forgets them. Applying twice changes nothing the second time."""
+    message = await SmsMessage.get_or_none(provider_sid=sid)
+    if message is None:
         return False
+    first = await SmsEarlyReceipt.filter(provider_sid=sid).order_by("id").first()
+    if first is None:
+        return False
+    changed = await _settle_by_receipt(message, first.status, first.error_code, first.received_at)
+    await SmsEarlyReceipt.filter(provider_sid=sid).delete()
+    return changed
+
+
+async def settle_early_receipts(clock: Clock = utc_now, limit: int = 500) -> int:
+    """S3: applies kept receipts whose message is known by now (a worker died between
+    recording the sid and looking for them) and drops those older than EARLY_RECEIPT_KEEP.
+    Returns how many messages changed."""
+    sids = (
+        await SmsEarlyReceipt.all()
+        .order_by("id")
+        .limit(limit)
+        .values_list("provider_sid", flat=True)
+    )
+    known = await SmsMessage.filter(provider_sid__in={str(s) for s in sids}).values_list(
+        "provider_sid", flat=True
+    )
+    changed = [await apply_early_receipts(str(sid), clock) for sid in known]
+    await SmsEarlyReceipt.filter(received_at__lt=clock() - EARLY_RECEIPT_KEEP).delete()
+    return sum(changed)
+
+
+async def _settle_by_receipt(
+    message: SmsMessage, status: SmsStatus, error_code: str | None, at: datetime
+) -> bool:
     update: dict[str, object] = {"status": status}
     if status is SmsStatus.DELIVERED:
-        update["delivered_at"] = clock()
+        update["delivered_at"] = at
     elif error_code:
-        update["error_code"] = error_code[:32]
+        update["error_code"] = error_code
     changed = await SmsMessage.filter(id=message.id, status__not_in=list(FINAL_STATUSES)).update(
         **update
     )

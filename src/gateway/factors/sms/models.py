@@ -82,6 +82,19 @@ class SmsMessage(Model):
         table = "sms_messages"
 
 
+# A delivery receipt that came before the worker recorded its message's sid (the provider's
+# callback can beat the worker's write): kept until the sid is known, then applied (S3).
+class SmsEarlyReceipt(Model):
+    id = fields.BigIntField(primary_key=True)
+    provider_sid = fields.CharField(max_length=64, db_index=True)
+    status = fields.CharEnumField(SmsStatus, max_length=16)
+    error_code = fields.CharField(max_length=32, null=True)
+    received_at = fields.DatetimeField(db_index=True)
+
+    class Meta:
+        table = "sms_early_receipts"
+
+
 # Every provider call, recorded before it starts and completed after, so a worker killed
 # mid-call leaves a trace and the retry counts the possible duplicate (S4).
 class SmsAttempt(Model):
