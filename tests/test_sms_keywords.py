@@ -16,9 +16,18 @@ from pydantic import SecretStr
 
 from gateway.app import create_app
 from gateway.container import Services
-from gateway.factors.sms.models import Phone, SmsCode, SmsCodePurpose, SmsMessage, SmsStatus
+from gateway.factors.sms.delivery import PAUSED
+from gateway.factors.sms.models import (
+    Phone,
+    SmsAttempt,
+    SmsCode,
+    SmsCodePurpose,
+    SmsMessage,
+    SmsStatus,
+)
 from gateway.login.models import LoginChallenge
 from gateway.settings import Settings
+from tests.conftest import run_worker
 from tests.graphql_client import data
 from tests.sms_helpers import (
     BACKUP,
@@ -113,6 +122,36 @@ async def test_s5_stop_pauses_sms_and_login_falls_back_to_other_methods(
     assert await login_codes(services, challenge.id) == []
     assert len(await messages_to(number)) == sent_before
     assert code_of(await attempt(services, challenge, BACKUP, backup)) == SESSION
+
+
+async def test_s5_stop_stops_messages_already_queued_for_that_number(
+    hooks: Webhooks, settings: Settings
+) -> None:
+    services = hooks.services
+    user, number, _ = await sms_user(services)
+    await run_worker(settings, "sms")  # the verification code
+    challenge = await log_in(services, user.username)
+    queued = (await messages_to(number))[-1]
+    assert (queued.status, queued.code_id is not None) == (SmsStatus.QUEUED, True)
+
+    # The reply to STOP is the webhook's TwiML answer, not a queued message.
+    assert reply_of(await hooks.inbound(number, "STOP"))
+    await run_worker(settings, "sms")
+
+    stopped = await SmsMessage.get(id=queued.id)
+    assert (stopped.status, stopped.error_code, stopped.attempts) == (
+        SmsStatus.FAILED,
+        PAUSED,
+        0,
+    )
+    assert await SmsAttempt.filter(message_id=queued.id).count() == 0
+    # GO resumes: the same code is sent again, and this time it goes.
+    assert reply_of(await hooks.inbound(number, "GO"))
+    resent = (await messages_to(number))[-1]
+    assert (resent.id != queued.id, resent.code_id) == (True, queued.code_id)
+    await run_worker(settings, "sms")
+    assert (await SmsMessage.get(id=resent.id)).status is SmsStatus.SENT
+    assert len(await login_codes(services, challenge.id)) == 1
 
 
 # H9, S5: GO / START ----------------------------------------------------------------------------

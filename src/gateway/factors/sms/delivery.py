@@ -34,6 +34,8 @@ from gateway.factors.sms.models import (
 
 MAX_BACKOFF_SECONDS = 60.0
 UNSUBSCRIBED = "21610"
+# The error of a message not sent because its number texted STOP (S5).
+PAUSED = "sms_paused"
 # QUEUED > SENDING > SENT > DELIVERED, or FAILED / UNDELIVERED (S3): the worker moves a message
 # while it is one of these; after SENT only receipts move it, and only to a final status.
 UNSENT = (SmsStatus.QUEUED, SmsStatus.SENDING)
@@ -121,6 +123,9 @@ class SmsDelivery:
         if "sent" in earlier:
             # The provider took it but the status never settled: it went; don't send again.
             return await self._move(message, SmsStatus.SENT, sent_at=self._clock())
+        if await number_paused(message.to_number):
+            # S5: STOP came after this was queued (keyword replies are TwiML, not messages).
+            return await self._fail(message, PAUSED)
         body = await self._body(message)
         if body is None:
             return await self._fail(message, "expired")
@@ -224,6 +229,11 @@ class SmsDelivery:
         if code.purpose is SmsCodePurpose.VERIFY_PHONE:
             return codes.verification_body(plain)
         return codes.login_body(plain)
+
+
+async def number_paused(number: str) -> bool:
+    """S5: a registered phone with this number texted STOP (or the provider said it did)."""
+    return await Phone.filter(number=number, verified_at__isnull=False, sms_paused=True).exists()
 
 
 async def stalled_messages(
