@@ -490,6 +490,55 @@ async def test_g3_a_websocket_message_over_64_kb_closes_the_socket(
         assert await (await socket.subscribe(VIEWER)).next() == {"viewer": None}
 
 
+async def test_g2_websocket_errors_carry_the_same_codes_as_over_http(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    """A socket's answers never pass the HTTP view's mapping: the schema maps them."""
+    gateway_a, _ = gateways
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        for document in ("subscription { noSuchField }", "{ viewer { x } }"):
+            assert await refusal(await socket.subscribe(document)) == (
+                "error",
+                ["BAD_USER_INPUT"],
+            ), document
+        # The socket lives on.
+        assert await (await socket.subscribe(VIEWER)).next() == {"viewer": None}
+    # Unparsable documents close the socket, as strawberry does for this protocol.
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        await socket.subscribe("subscription {")
+        assert await socket.wait_closed() == 4400
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"query": VIEWER, "variables": [1, 2]},
+        {"query": VIEWER, "variables": "x"},
+        {"query": 42},
+        {"query": VIEWER, "operationName": 7},
+        {"variables": {}},
+        "not an object",
+    ],
+)
+async def test_g2_a_malformed_subscribe_closes_the_socket_4400(
+    gateways: tuple[Gateway, Gateway], payload: object
+) -> None:
+    gateway_a, _ = gateways
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        await socket.send({"id": "bad", "type": "subscribe", "payload": payload})
+        assert await socket.wait_closed() == 4400
+
+
+async def test_g2_a_message_nested_thousands_deep_closes_the_socket_4400(
+    gateways: tuple[Gateway, Gateway],
+) -> None:
+    gateway_a, _ = gateways
+    nested = "[" * 5000 + "]" * 5000
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        await socket.connection.send(f'{{"id": "x", "type": "subscribe", "payload": {nested}}}')
+        assert await socket.wait_closed() == 4400
+
+
 # Resilience ----------------------------------------------------------------------------------
 
 

@@ -32,6 +32,10 @@ class GraphQLContext:
     _device_loaded: bool = field(default=False, repr=False)
 
     @property
+    def over_websocket(self) -> bool:
+        return bool(self.request.scope["type"] == "websocket")
+
+    @property
     def ip_address(self) -> str | None:
         return self.request.client.host if self.request.client else None
 

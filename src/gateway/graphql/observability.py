@@ -63,9 +63,15 @@ class DocumentPipeline(SchemaExtension):
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
         assert context.query, "strawberry refuses an empty query first"
-        context.graphql_document, self._errors = _checked(
-            context.schema._schema, context.query, self._max_tokens, context.validation_rules
-        )
+        try:
+            context.graphql_document, self._errors = _checked(
+                context.schema._schema, context.query, self._max_tokens, context.validation_rules
+            )
+        except GraphQLError:
+            # Strawberry then parses the document itself, with the same token limit, and
+            # reports the failure its own way: an error over HTTP; on a websocket, a closed
+            # socket (4400) rather than an operation that ends with no word.
+            context.parse_options = {**context.parse_options, "max_tokens": self._max_tokens}
         yield
 
     def on_validate(self) -> Iterator[None]:

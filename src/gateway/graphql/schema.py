@@ -9,7 +9,9 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from gateway.graphql.accounts import AccountMutation, AccountQuery
-from gateway.graphql.execution import KanmonExecutionContext
+from gateway.graphql.context import GraphQLContext
+from gateway.graphql.errors import map_error
+from gateway.graphql.execution import KanmonExecutionContext, release_tracebacks
 from gateway.graphql.factors.backup_codes import BackupCodeMutation
 from gateway.graphql.factors.push import PushMutation
 from gateway.graphql.factors.sms import SmsMutation
@@ -38,10 +40,24 @@ Mutation = merge_types(
 
 
 class KanmonSchema(strawberry.Schema):
+    development = False
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        """Expected errors are not log noise; `errors.map_error` logs the unexpected ones."""
+        """G2 on websockets. Over HTTP the view maps every answer's errors (`process_result`),
+        and `errors.map_error` logs the unexpected ones there; a websocket's answers never
+        pass that way, so their errors are mapped here, in place: strawberry formats these
+        very objects next. (Mapping is idempotent: the validation cache's shared errors come
+        out the same for every later reader.)"""
+        context = execution_context.context if execution_context else None
+        if not isinstance(context, GraphQLContext) or not context.over_websocket:
+            return
+        for error in errors:
+            mapped = map_error(error, development=self.development)
+            error.message = mapped.message
+            error.extensions = mapped.extensions
+        release_tracebacks(errors)
 
 
 def build_schema(*, development: bool) -> strawberry.Schema:
@@ -49,7 +65,7 @@ def build_schema(*, development: bool) -> strawberry.Schema:
     rules: list[type[ASTValidationRule]] = [DocumentLimitsRule]
     if not development:
         rules.append(NoSchemaIntrospectionCustomRule)
-    return KanmonSchema(
+    schema = KanmonSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -57,3 +73,5 @@ def build_schema(*, development: bool) -> strawberry.Schema:
         config=StrawberryConfig(disable_field_suggestions=not development),
         execution_context_class=KanmonExecutionContext,
     )
+    schema.development = development
+    return schema

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from http import HTTPStatus
 from typing import Any
@@ -17,11 +15,6 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import (
-    ConnectionInitMessage,
-    OperationMessage,
-)
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
@@ -31,65 +24,13 @@ from gateway.graphql.context import GraphQLContext
 from gateway.graphql.errors import map_error
 from gateway.graphql.execution import release_tracebacks
 from gateway.graphql.limits import MAX_BODY_BYTES
+from gateway.graphql.sockets import LegacyWSHandler, TransportWSHandler
 
 TOO_DEEP = "The request is nested too deeply."
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
-    """G1: the legacy graphql-ws protocol, held to what graphql-transport-ws does here.
-    Strawberry's handler would close 1011 on refused credentials (G4 says 4403), fail the
-    whole connection on a message without its fields, accept a second `connection_init`
-    and leave a socket that never sends one open for good."""
-
-    _init_received = False
-
-    async def handle(self) -> None:
-        timeout = asyncio.create_task(self._close_if_never_initialised())
-        try:
-            await super().handle()
-        finally:
-            timeout.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timeout
-
-    async def _close_if_never_initialised(self) -> None:
-        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
-        if not self._init_received:
-            with contextlib.suppress(RuntimeError):  # the client left meanwhile
-                await self.websocket.close(code=4408, reason="Connection initialisation timeout")
-
-    async def handle_message(self, message: OperationMessage) -> None:
-        try:
-            await super().handle_message(message)
-        except (KeyError, TypeError):  # `start` without a payload or query, a non-object
-            await self.websocket.close(code=4400, reason="Failed to parse message")
-
-    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        payload = message.get("payload")
-        if payload is not None and not isinstance(payload, dict):
-            await self.websocket.close(code=4400, reason="Invalid connection init payload")
-            return
-        if self._init_received:
-            await self.websocket.close(code=4429, reason="Too many initialisation requests")
-            return
-        self._init_received = True
-        self.context.connection_params = payload
-        try:
-            acknowledgement = await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError as rejection:
-            await self.send_message({"type": "connection_error", "payload": rejection.payload})
-            await self.websocket.close(code=4403, reason="Forbidden")
-            return
-        if isinstance(acknowledgement, dict):
-            await self.send_message({"type": "connection_ack", "payload": acknowledgement})
-        else:
-            await self.send_message({"type": "connection_ack"})
-        self.connection_acknowledged = True
-        if self.keep_alive:
-            self.keep_alive_task = asyncio.create_task(self.handle_keep_alive())
-
-
 class KanmonGraphQL(GraphQL[GraphQLContext, None]):
+    graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(
@@ -123,10 +64,15 @@ class KanmonGraphQL(GraphQL[GraphQLContext, None]):
         except HTTPException as exc:
             code = "NOT_FOUND" if exc.status_code == HTTPStatus.NOT_FOUND else "BAD_USER_INPUT"
             response = _refusal(exc.reason, exc.status_code, code)
-        except RecursionError:
-            # `variables` of a GET nested thousands deep: strawberry parses them unguarded.
-            response = _refusal(TOO_DEEP, HTTPStatus.BAD_REQUEST, "BAD_USER_INPUT")
         await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """JSON nested thousands deep (a GET's `variables`, a websocket message) exhausts the
+        parser's recursion: it is refused as malformed JSON (400, or close 4400)."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError(TOO_DEEP, "", 0) from None
 
     async def on_ws_connect(self, context: GraphQLContext) -> UnsetType | dict[str, object] | None:
         """G4: credentials in `connection_init` must be a valid bearer session (else close
