@@ -13,6 +13,7 @@ from uuid import uuid4
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import Job
 from arq.worker import Worker
 
 from gateway.core.job_queue import JobQueue
@@ -194,8 +195,12 @@ async def test_s4_enqueue_is_once_per_id_while_the_job_or_its_result_exists(
     payload = {"user_id": str(uuid4()), "reason": "dedupe", "count": 1}
     assert await queue.enqueue(JOB_BACKUP_CODES_INVALIDATE, payload, job_id, QUEUE_MAINTENANCE)
     assert not await queue.enqueue(JOB_BACKUP_CODES_INVALIDATE, payload, job_id, QUEUE_MAINTENANCE)
-    assert await run_worker(settings, QUEUE_MAINTENANCE) == 1
+    # Counted by the job's own result: another test's late job may share the worker's run.
+    assert await run_worker(settings, QUEUE_MAINTENANCE) >= 1
     assert await redis.exists(result_key_prefix + job_id)  # the maintenance queue keeps results
+    result = await Job(job_id, redis).result_info()
+    assert result is not None
+    assert result.job_try == 1
     assert not await queue.enqueue(JOB_BACKUP_CODES_INVALIDATE, payload, job_id, QUEUE_MAINTENANCE)
     assert await redis.zcard(queue_key(QUEUE_MAINTENANCE)) == 0
 
