@@ -17,7 +17,12 @@ from arq.jobs import Job
 from arq.worker import Worker
 
 from gateway.core.job_queue import JobQueue
-from gateway.core.jobs import JOB_BACKUP_CODES_INVALIDATE, QUEUE_MAINTENANCE, queue_key
+from gateway.core.jobs import (
+    JOB_BACKUP_CODES_INVALIDATE,
+    QUEUE_MAINTENANCE,
+    deserialize,
+    queue_key,
+)
 from gateway.settings import Settings
 from tests.conftest import run_worker
 from workers.runner import KanmonWorker
@@ -198,7 +203,7 @@ async def test_s4_enqueue_is_once_per_id_while_the_job_or_its_result_exists(
     # Counted by the job's own result: another test's late job may share the worker's run.
     assert await run_worker(settings, QUEUE_MAINTENANCE) >= 1
     assert await redis.exists(result_key_prefix + job_id)  # the maintenance queue keeps results
-    result = await Job(job_id, redis).result_info()
+    result = await Job(job_id, redis, _deserializer=deserialize).result_info()
     assert result is not None
     assert result.job_try == 1
     assert not await queue.enqueue(JOB_BACKUP_CODES_INVALIDATE, payload, job_id, QUEUE_MAINTENANCE)
