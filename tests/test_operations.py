@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -38,7 +39,7 @@ from redis.asyncio.connection import ConnectionPool
 from websockets.asyncio.client import connect
 
 from gateway.app import create_app
-from gateway.container import Services
+from gateway.container import Services, build_services
 from gateway.core import metrics
 from gateway.core.jobs import queue_key
 from gateway.core.metrics import watch_gc_pauses
@@ -48,7 +49,7 @@ from gateway.factors.sms.models import SmsAttempt, SmsMessage, SmsStatus
 from gateway.factors.sms.service import PhoneView
 from gateway.logs import JsonFormatter
 from gateway.settings import Settings, SmsProviderName
-from tests.conftest import MovableClock, run_worker
+from tests.conftest import FAST_PASSWORDS, MovableClock, run_worker
 from tests.fakes.fcm import FakeFcm
 from tests.fakes.twilio import OK, FakeTwilio
 from tests.gateway_processes import (
@@ -284,6 +285,26 @@ def listening_ports(pid: int) -> set[int]:
                 if fields[3] == "0A" and fields[9] in inodes:
                     ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+async def test_o3_metrics_during_a_redis_outage_show_unknown_depths_and_the_backlog(
+    settings: Settings,
+) -> None:
+    """An outage must not look like empty queues: the depths read as NaN (unknown), and the
+    outbox backlog, read from the database, is still there when it matters most."""
+    broken = unreachable_redis()
+    services = build_services(settings, broken, passwords=FAST_PASSWORDS)
+    app = create_app(settings, services)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            samples, _ = await scrape(http)
+    finally:
+        await broken.aclose()
+    for queue in ("sms", "push", "maintenance"):
+        assert math.isnan(samples[("kanmon_queue_depth", frozenset({("queue", queue)}))])
+    backlog = samples[("kanmon_outbox_backlog", frozenset())]
+    assert backlog == await OutboxMessage.filter(dispatched_at__isnull=True).count()
 
 
 # SMS messages --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -83,12 +84,23 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     async def metrics(_: Request) -> Response:
         """O3: Prometheus text format; queue depth and outbox backlog are read now."""
         services = holder["services"]
+        # What cannot be read is NaN, not an empty queue: an outage must not look idle, and
+        # the backlog (read from the database) is most worth seeing while Redis is down.
+        depths = dict.fromkeys(QUEUES, math.nan)
         try:
             for queue in QUEUES:
-                QUEUE_DEPTH.labels(queue).set(await services.redis.zcard(queue_key(queue)))
-            OUTBOX_BACKLOG.set(await OutboxMessage.filter(dispatched_at__isnull=True).count())
+                depths[queue] = float(await services.redis.zcard(queue_key(queue)))
         except Exception:
-            log.warning("metrics: could not read queue depth or outbox backlog")
+            log.warning("metrics: could not read the queue depths")
+            depths = dict.fromkeys(QUEUES, math.nan)
+        for queue, depth in depths.items():
+            QUEUE_DEPTH.labels(queue).set(depth)
+        try:
+            backlog = float(await OutboxMessage.filter(dispatched_at__isnull=True).count())
+        except Exception:
+            log.warning("metrics: could not read the outbox backlog")
+            backlog = math.nan
+        OUTBOX_BACKLOG.set(backlog)
         body, content_type = render()
         return Response(body, media_type=content_type)
 

@@ -8,7 +8,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from gateway.settings import ConfigurationError, Settings
+
+MAX_PORT = 65535
 
 
 def _export_schema(_: argparse.Namespace) -> int:
@@ -88,17 +92,47 @@ def _admin(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _count(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _integer(text)
+    if not 1 <= value <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_PORT}, not {value}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _settings_problem(error: ValidationError) -> str:
+    """pydantic's report, one line per setting, named as the environment names it."""
+    lines = []
+    for problem in error.errors():
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        lines.append(f"KANMON_{field.upper()}: {problem['msg'].removeprefix('Value error, ')}")
+    return "invalid setting: " + "; ".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kanmon", description="Kanmon login verification")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="gateway, workers and (if needed) an embedded Redis, on SQLite")
     serve = sub.add_parser("serve", help="the GraphQL gateway only")
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument("--workers", type=_count, default=1, help="uvicorn worker processes")
     serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--port", type=_port, default=None)
     worker = sub.add_parser("worker", help="an arq worker for one queue")
     worker.add_argument("--queue", required=True, choices=["sms", "push", "maintenance"])
-    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--concurrency", type=_count, default=None)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument(
         "--check",
@@ -129,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ConfigurationError as exc:
         print(f"kanmon: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"kanmon: {_settings_problem(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

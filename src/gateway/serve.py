@@ -2,16 +2,19 @@
 
 With one shared listening socket, a burst of connections (or a proxy's few long-lived ones)
 tends to land on one process; with a socket per process the kernel spreads connections over
-all of them. The parent only supervises: it restarts a process that dies and, on SIGTERM or
-SIGINT, passes the signal on and waits for every process's orderly shutdown.
+all of them. The parent only supervises: it restarts a process that dies (and gives up, exit 3,
+when they keep dying at startup) and, on SIGTERM or SIGINT, passes the signal on and waits for
+every process's orderly shutdown.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -28,6 +31,11 @@ APP = "gateway.asgi:app_from_environment"
 # buffers cost every open socket memory), and the HTTP body limit for websocket messages too.
 WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False, "ws_max_size": MAX_BODY_BYTES}
 RESTART_PAUSE_SECONDS = 1.0
+# A process that dies this soon after its start, this many times in a row, cannot start (a
+# port it may not bind, a setting its startup refuses): restarting it forever helps no one.
+STARTUP_SECONDS = 10.0
+STARTUP_FAILURES = 3
+EXIT_CANNOT_START = 3
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -77,13 +85,27 @@ def serve(host: str, port: int, workers: int) -> int:
     cores = os.cpu_count() or 1
     os.environ.setdefault("KANMON_ARGON2_THREADS", str(max(1, cores // workers)))
     # Metrics of all processes in one scrape (prometheus-client's multiprocess mode).
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="kanmon-metrics-"))
+    metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = tempfile.mkdtemp(prefix="kanmon-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return _supervise(host, port, workers)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
     context = multiprocessing.get_context("spawn")
     stopping = False
+    started_at: dict[int, float] = {}
+    quick_failures = 0
 
-    def start() -> BaseProcess:
+    def start(index: int) -> BaseProcess:
         process = context.Process(target=_run_one, args=(host, port), name="kanmon-gateway")
         process.start()
+        started_at[index] = time.monotonic()
         return process
 
     def forward(signum: int, _: FrameType | None) -> None:
@@ -93,17 +115,28 @@ def serve(host: str, port: int, workers: int) -> int:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signum)
 
-    processes = [start() for _ in range(workers)]
+    processes = [start(index) for index in range(workers)]
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while not stopping:
         for index, process in enumerate(processes):
             process.join(timeout=0.5)
-            if not stopping and not process.is_alive():
-                if process.pid is not None:
-                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
-                time.sleep(RESTART_PAUSE_SECONDS)
-                processes[index] = start()
+            if stopping or process.is_alive():
+                continue
+            if process.pid is not None:
+                multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+            lived = time.monotonic() - started_at[index]
+            quick_failures = quick_failures + 1 if lived < STARTUP_SECONDS else 0
+            if quick_failures >= STARTUP_FAILURES:
+                print(
+                    f"kanmon: a gateway process failed at startup {quick_failures} times in a "
+                    "row (its error is above); stopping",
+                    file=sys.stderr,
+                )
+                forward(signal.SIGTERM, None)
+                break
+            time.sleep(RESTART_PAUSE_SECONDS)
+            processes[index] = start(index)
     for process in processes:
         process.join()
-    return 0
+    return EXIT_CANNOT_START if quick_failures >= STARTUP_FAILURES else 0

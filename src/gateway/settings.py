@@ -12,6 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.db import with_pool_size
 
+# What tortoise opens here: PostgreSQL through asyncpg, or SQLite.
+DATABASE_SCHEMES = ("postgres://", "asyncpg://", "sqlite://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
 
 class Environment(StrEnum):
     DEVELOPMENT = "development"
@@ -109,6 +113,20 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str | None) -> str | None:
+        if value and not value.startswith(DATABASE_SCHEMES):
+            raise ValueError("a postgres:// or sqlite:// URL, e.g. postgres://user@host:5432/db")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(REDIS_SCHEMES):
+            raise ValueError("a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        return value
 
     @property
     def development(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -74,7 +75,18 @@ def tortoise_config(database_url: str) -> dict[str, Any]:
 MIGRATION_CONFIG = tortoise_config("sqlite://:memory:")
 
 
+def prepare_sqlite_directory(database_url: str) -> None:
+    """SQLite makes its file but not the directories above it, and tortoise then waits
+    forever for a connection that failed: the directory is made first."""
+    if not database_url.startswith("sqlite://"):
+        return
+    path = database_url.removeprefix("sqlite://").split("?", 1)[0]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
 async def open_database(database_url: str) -> None:
+    prepare_sqlite_directory(database_url)
     await Tortoise.init(config=tortoise_config(database_url), _enable_global_fallback=True)
 
 
@@ -90,5 +102,6 @@ async def apply_migrations(database_url: str) -> None:
     """Brings the schema up to date through the migration files, never `generate_schemas`."""
     from tortoise.migrations.api import migrate
 
+    prepare_sqlite_directory(database_url)
     await migrate(config=tortoise_config(database_url))
     await Tortoise.close_connections()

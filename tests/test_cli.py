@@ -1,0 +1,98 @@
+"""The `kanmon` command as an operator meets it (W1, O2): a bad setting or argument is one
+clear line and exit 2, never a traceback; `migrate` makes SQLite's directory; `serve` gives
+up on gateway processes that cannot start instead of restarting them forever."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import new_key_text
+
+
+def kanmon(
+    *args: str, tmp_path: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
+    clean.update({"KANMON_SECRET_KEY": new_key_text(), "KANMON_DATA_DIR": str(tmp_path / "data")})
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KANMON_CHALLENGE_TTL_SECONDS", "abc"),
+        ("KANMON_ENV", "staging"),
+        ("KANMON_PUSH_NUMBER_MATCHING", "maybe"),
+        ("KANMON_DATABASE_URL", "mysql//x"),
+        ("KANMON_REDIS_URL", "http://x"),
+    ],
+)
+@pytest.mark.parametrize("command", [["migrate"], ["serve"], ["worker", "--queue", "sms"]])
+def test_w1_an_invalid_setting_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str], variable: str, value: str
+) -> None:
+    done = kanmon(*command, tmp_path=tmp_path, **{variable: value})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"kanmon: invalid setting: {variable}:" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["serve", "--port", "99999"],
+        ["serve", "--port", "0"],
+        ["serve", "--workers", "0"],
+        ["worker", "--queue", "sms", "--concurrency", "-3"],
+        ["worker", "--queue", "sms", "--concurrency", "many"],
+    ],
+)
+def test_w1_an_out_of_range_argument_is_refused(tmp_path: Path, arguments: list[str]) -> None:
+    done = kanmon(*arguments, tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error: argument" in done.stderr
+
+
+def test_w1_migrate_makes_the_sqlite_directory(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "er" / "kanmon.sqlite3"
+    done = kanmon("migrate", tmp_path=tmp_path, KANMON_DATABASE_URL=f"sqlite://{target}")
+    assert done.returncode == 0, done.stderr
+    assert target.exists()
+    # And the default, under a data directory that does not exist yet.
+    done = kanmon("migrate", tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "data" / "kanmon.sqlite3").exists()
+
+
+def test_w1_serve_gives_up_on_processes_that_cannot_start(tmp_path: Path) -> None:
+    """Every gateway process fails in its startup (an SMS allow-list it refuses): the parent
+    stops after a few tries, with exit 3, instead of restarting them forever."""
+    done = kanmon(
+        "serve",
+        "--workers",
+        "2",
+        "--port",
+        "18699",
+        tmp_path=tmp_path,
+        timeout=120,
+        KANMON_REDIS_URL="redis://127.0.0.1:1/0",
+        KANMON_DATABASE_URL=f"sqlite://{tmp_path / 'k.sqlite3'}",
+        KANMON_SMS_ALLOWED_COUNTRY_CODES="x,y",
+    )
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "failed at startup 3 times in a row" in done.stderr
