@@ -5,6 +5,7 @@ up on gateway processes that cannot start instead of restarting them forever."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,15 @@ def test_w1_serve_gives_up_on_processes_that_cannot_start(tmp_path: Path) -> Non
     )
     assert done.returncode == 3, done.stderr[-2000:]
     assert "failed at startup 3 times in a row" in done.stderr
+
+
+def test_w1_dev_on_a_busy_port_says_so_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = kanmon("dev", tmp_path=tmp_path, KANMON_PORT=str(port))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"127.0.0.1:{port} is in use" in done.stderr
+    assert not (tmp_path / "data" / "kanmon.sqlite3").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from gateway.core.db import apply_migrations
 from gateway.core.jobs import QUEUES
 from gateway.logs import configure_logging
 from gateway.serve import WEBSOCKET_OPTIONS, GracefulServer
-from gateway.settings import Environment, Settings
+from gateway.settings import ConfigurationError, Environment, Settings
 
 log = logging.getLogger("kanmon.dev")
 
@@ -48,8 +49,25 @@ def start_embedded_redis() -> tuple[Any, str]:
     return server, f"unix://{socket_dir / 'valkey.sock'}"
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Checked before anything starts: uvicorn finds out only after the workers and the
+    embedded server are up, and stops with an exit that asyncio reports as a traceback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 async def run_dev(settings: Settings) -> int:
     configure_logging()
+    if port_in_use(settings.host, settings.port):
+        raise ConfigurationError(
+            f"{settings.host}:{settings.port} is in use: set KANMON_PORT to a free port"
+        )
     settings = settings.model_copy(update={"env": Environment.DEVELOPMENT})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     embedded = None
