@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import new_key_text
+from gateway.settings import Settings, new_key_text
 
 
 def kanmon(
@@ -109,3 +109,30 @@ def test_w1_dev_on_a_busy_port_says_so_before_starting_anything(tmp_path: Path) 
     assert "Traceback" not in done.stderr
     assert f"127.0.0.1:{port} is in use" in done.stderr
     assert not (tmp_path / "data" / "kanmon.sqlite3").exists()
+
+
+def quiet_redis(url: str) -> str:
+    """The suite's Redis server, another database: no other test's jobs are there."""
+    base = url.split("?", 1)[0]
+    if base.startswith("unix://"):
+        return f"{base}?db=9"
+    return base.rsplit("/", 1)[0] + "/9"
+
+
+def test_w1_a_burst_worker_exits_when_its_queue_is_empty(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Even the maintenance queue, whose crons run every second in a long-lived worker."""
+    assert settings.redis_url is not None
+    database = f"sqlite://{tmp_path / 'k.sqlite3'}"
+    assert kanmon("migrate", tmp_path=tmp_path, KANMON_DATABASE_URL=database).returncode == 0
+    done = kanmon(
+        "worker",
+        "--queue",
+        "maintenance",
+        "--burst",
+        tmp_path=tmp_path,
+        KANMON_DATABASE_URL=database,
+        KANMON_REDIS_URL=quiet_redis(settings.redis_url),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -55,6 +55,10 @@ def _worker(args: argparse.Namespace) -> int:
         return check_worker(options)
     if args.concurrency:
         options["max_jobs"] = args.concurrency
+    if args.burst:
+        # A burst drains the queue and exits; the maintenance crons (every second) would
+        # keep it busy for good.
+        options["cron_jobs"] = []
     if settings.worker_metrics_port:
         # O3: the SMS and push counters live in the worker processes; expose them here.
         from prometheus_client import start_http_server
