@@ -64,10 +64,7 @@ class KeyIds:
 
 
 def key_ids(box: SecretBox) -> KeyIds:
-    """The box's key ids, current first, read off keyed hashes (which name their key)."""
-    current = box.keyed_hash("").partition("$")[0]
-    accepted = [c.partition("$")[0] for c in box.keyed_hash_candidates("")]
-    return KeyIds(current, tuple(k for k in accepted if k != current))
+    return KeyIds(box.current_key_id, box.old_key_ids)
 
 
 # Sealed secrets ---------------------------------------------------------------------------------

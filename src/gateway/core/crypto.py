@@ -36,6 +36,16 @@ class SecretBox:
         self._mac = {_key_id(k): _derive(k, b"kanmon/hash/v1") for k in keys}
         self._current = _key_id(keys[0])
 
+    @property
+    def current_key_id(self) -> str:
+        """The id every new sealed value and keyed hash names (`v1.<id>.`, `<id>$`)."""
+        return self._current
+
+    @property
+    def old_key_ids(self) -> tuple[str, ...]:
+        """The earlier keys' ids, still accepted to open and to match (T3)."""
+        return tuple(key_id for key_id in self._enc if key_id != self._current)
+
     def encrypt(self, plaintext: str, *, context: str) -> str:
         nonce = secrets.token_bytes(12)
         sealed = self._enc[self._current].encrypt(nonce, plaintext.encode(), context.encode())
