@@ -75,6 +75,6 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
     finally:
         process.send_signal(signal.SIGINT)
         async with asyncio.timeout(30):
-            await process.communicate()
-    assert process.returncode == 0
+            rest, _ = await process.communicate()
+    assert process.returncode == 0, rest.decode(errors="replace")[-4000:]
     assert not (_valkey_pids() - before), "the embedded server outlived kanmon dev"
