@@ -5,11 +5,14 @@ up on gateway processes that cannot start instead of restarting them forever."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway.settings import Settings, new_key_text
@@ -136,3 +139,54 @@ def test_w1_a_burst_worker_exits_when_its_queue_is_empty(
         KANMON_REDIS_URL=quiet_redis(settings.redis_url),
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_w1_ctrl_c_stops_serve_and_its_processes_in_order(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole process group: each gateway process hears it
+    once, through the parent, and shuts down in order (no traceback, exit 0)."""
+    assert settings.redis_url is not None
+    database = f"sqlite://{tmp_path / 'k.sqlite3'}"
+    assert kanmon("migrate", tmp_path=tmp_path, KANMON_DATABASE_URL=database).returncode == 0
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
+    env.update(
+        {
+            "KANMON_SECRET_KEY": new_key_text(),
+            "KANMON_DATABASE_URL": database,
+            "KANMON_REDIS_URL": quiet_redis(settings.redis_url),
+        }
+    )
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert wait_ready(port), "the gateway never answered /readyz"
+        os.killpg(serve.pid, signal.SIGINT)
+        output, _ = serve.communicate(timeout=60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+    assert serve.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+
+def wait_ready(port: int, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False

@@ -9,6 +9,7 @@ every process's orderly shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -73,8 +74,13 @@ class GracefulServer(uvicorn.Server):
 
 
 def _run_one(host: str, port: int) -> None:
+    # Its own process group: a Ctrl-C at the terminal (SIGINT to the whole group) reaches the
+    # parent alone, which passes it on once. Twice, uvicorn would skip the orderly shutdown.
+    os.setpgrp()
     server = GracefulServer(_config(host, port))
-    server.run(sockets=[_bind(host, port)])
+    # uvicorn re-raises the Ctrl-C once it has shut down in order: nothing is left to report.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[_bind(host, port)])
 
 
 def serve(host: str, port: int, workers: int) -> int:
