@@ -4,12 +4,17 @@ up on gateway processes that cannot start instead of restarting them forever."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -189,4 +194,67 @@ def wait_ready(port: int, seconds: float = 60) -> bool:
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
+    return False
+
+
+def test_w1_a_worker_whose_redis_goes_away_exits_instead_of_hanging(tmp_path: Path) -> None:
+    """arq's close removes its health key before the shutdown hook: with Redis gone that
+    failed first, the database stayed open, and SQLite's connection thread kept the process
+    alive for good (SIGTERM too). A supervisor must see it exit, to restart it."""
+    from gateway.dev import start_embedded_redis
+
+    path = tmp_path / "k.sqlite3"
+    database = f"sqlite://{path}"
+    assert kanmon("migrate", tmp_path=tmp_path, KANMON_DATABASE_URL=database).returncode == 0
+    # An outbox row long undispatched: the worker's sweep at startup hands it over, which
+    # shows the worker's database connection is open.
+    payload = json.dumps({"user_id": str(uuid.uuid4()), "notice": "phone_removed"})
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO outbox_messages VALUES (?, 'maintenance', 'notices.send', ?,"
+            " '2020-01-01 00:00:00+00:00', NULL, 0)",
+            (str(uuid.uuid4()), payload),
+        )
+    server, redis_url = start_embedded_redis()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
+    env.update(
+        {
+            "KANMON_SECRET_KEY": new_key_text(),
+            "KANMON_DATABASE_URL": database,
+            "KANMON_REDIS_URL": redis_url,
+        }
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "worker", "--queue", "maintenance"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert until(lambda: swept(path), 60), "the worker never swept the outbox"
+        server.stop()
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        with contextlib.suppress(Exception):
+            server.stop()
+    assert worker.returncode != 0
+    assert "worker closing without Redis" in output
+
+
+def swept(path: Path) -> bool:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT count(*) FROM outbox_messages WHERE dispatched_at IS NULL")
+        return bool(row.fetchone()[0] == 0)
+
+
+def until(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
     return False

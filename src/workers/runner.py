@@ -5,18 +5,23 @@ in progress in MULTI/EXEC: four Redis round trips per job, a third of a push wor
 traffic and about a tenth of its CPU per fan-out job on a 2-core machine. The script below makes
 the same checks and the same mark atomically, and a job this worker is running is passed over
 without asking Redis (a job stays in the queue until it ends, so each poll meets the running ones
-again). Everything else (polling, running, retries, results, health checks, shutdown) is arq's.
+again). Everything else (polling, running, retries, results, health checks, shutdown) is arq's,
+but for `close`, which runs the shutdown hook also when Redis is gone.
 `start_jobs` follows arq 0.28's line for line but for the claim; tests/test_worker_claim.py fails
 when arq's own changes, so an upgrade is reviewed."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 # KEYS: in-progress key, queue. ARGV: job id, in-progress ttl (ms), now (ms).
 # Returns the job's score, or nothing when it is running elsewhere, gone, or not yet due.
@@ -33,6 +38,18 @@ class KanmonWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._claim: AsyncScript | None = None
+
+    async def close(self) -> None:
+        """arq removes its health key before `on_shutdown`: with Redis gone (often why the
+        worker stops) that raises first, the hook never runs, and an open SQLite connection's
+        thread then keeps the process from exiting. The hook runs regardless."""
+        try:
+            await super().close()
+        except RedisError:
+            log.warning("worker closing without Redis")
+            if self.on_shutdown is not None:
+                await self.on_shutdown(self.ctx)
+            raise
 
     def _claim_script(self) -> AsyncScript:
         if self._claim is None:

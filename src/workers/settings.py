@@ -91,15 +91,19 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
             ctx["push_fan_out"] = PushFanOut(ctx["push_sender"])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        if "http" in ctx:
-            await ctx["http"].aclose()
-        close = getattr(ctx.get("push_sender"), "close", None)
-        if close is not None:
-            await close()
-        if "services" in ctx:
-            await ctx["services"].close()
-        if ctx.get("owns_database"):
-            await close_database()
+        try:
+            if "http" in ctx:
+                await ctx["http"].aclose()
+            close = getattr(ctx.get("push_sender"), "close", None)
+            if close is not None:
+                await close()
+            if "services" in ctx:
+                await ctx["services"].close()
+        finally:
+            # Last and whatever failed above: SQLite's connection thread would keep the
+            # process alive.
+            if ctx.get("owns_database"):
+                await close_database()
 
     if not functions_for(queue):
         raise ConfigurationError(f"queue {queue!r} has no jobs in this version")
