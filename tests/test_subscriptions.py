@@ -315,6 +315,28 @@ async def test_p5_p6_two_gateways_web_client_learns_denied_and_gets_no_session(
         await watch.completed()
 
 
+async def test_p5_l5_the_waiting_client_hears_when_its_methods_go(
+    gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient, http_b: httpx.AsyncClient
+) -> None:
+    """The app's session logs out on B while a web login waits on A: the device goes, 2FA with
+    it (P7), and the web client hears at once that nothing is left to complete its login."""
+    gateway_a, _ = gateways
+    user = await prepare_user(http_a)
+    challenge = await web_login(http_a, user)
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        watch = await watch_challenge(socket, challenge)
+        first = await challenge_update(watch)
+        assert (first["status"], first["methods"]) == (
+            "PENDING",
+            ["PUSH", "APP_CODE", "BACKUP_CODE"],
+        )
+
+        assert (await data(http_b, "mutation { logout }", token=user.token))["logout"] is True
+
+        update = await challenge_update(watch)
+        assert (update["status"], update["methods"]) == ("PENDING", [])
+
+
 async def test_p5_p3_expired_reaches_the_web_subscription_and_the_worker_expires_the_request(
     settings: Settings, gateways: tuple[Gateway, Gateway]
 ) -> None:
