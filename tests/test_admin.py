@@ -292,6 +292,18 @@ async def test_o1_cli_reset_turns_2fa_off_and_revokes_sessions(
         assert (await data(client, VIEWER, token=token))["viewer"] is None
     (notice,) = await notice_rows(user_id)
     assert notice.payload["notice"] == "two_factor_disabled"
+    assert "two_factor_disabled queued" in ran.stdout
+
+
+async def test_o1_cli_reset_of_a_user_without_2fa_says_no_notice_went(
+    services: Services, settings: Settings
+) -> None:
+    user = await domain_user(services)
+    ran = await kanmon(settings, "admin", "reset-2fa", user.username, "--ticket", "T-2")
+    assert ran.code == 0, ran
+    assert "was already off" in ran.stdout
+    assert "queued" not in ran.stdout
+    assert await notice_rows(user.id) == []
 
 
 async def test_o1_cli_outbox_shows_a_stuck_row_and_replay_dispatches_it(

@@ -212,7 +212,10 @@ async def _reset_2fa(settings: Settings, args: argparse.Namespace) -> int:
             ["backup codes", f"{report.backup_codes_invalidated} invalidated"],
             ["temporary password", "revoked" if report.temporary_password_revoked else "none"],
             ["sessions", f"{report.sessions_revoked} revoked"],
-            ["notice", "two_factor_disabled queued"],
+            [
+                "notice",
+                "two_factor_disabled queued" if report.two_factor_was_enabled else "none",
+            ],
             ["security event", "support.two_factor_reset recorded"],
         ],
     )
