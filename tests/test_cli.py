@@ -23,15 +23,20 @@ import pytest
 from gateway.settings import Settings, new_key_text
 
 
-def kanmon(
-    *args: str, tmp_path: Path, timeout: float = 60, **env: str
-) -> subprocess.CompletedProcess[str]:
+def kanmon_env(tmp_path: Path, **env: str) -> dict[str, str]:
+    """This process's environment without its KANMON_ settings, a fresh key, and `env`."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
     clean.update({"KANMON_SECRET_KEY": new_key_text(), "KANMON_DATA_DIR": str(tmp_path / "data")})
     clean.update(env)
+    return clean
+
+
+def kanmon(
+    *args: str, tmp_path: Path, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
-        env=clean,
+        env=kanmon_env(tmp_path, **env),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -157,13 +162,8 @@ def test_w1_ctrl_c_stops_serve_and_its_processes_in_order(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
-    env.update(
-        {
-            "KANMON_SECRET_KEY": new_key_text(),
-            "KANMON_DATABASE_URL": database,
-            "KANMON_REDIS_URL": quiet_redis(settings.redis_url),
-        }
+    env = kanmon_env(
+        tmp_path, KANMON_DATABASE_URL=database, KANMON_REDIS_URL=quiet_redis(settings.redis_url)
     )
     serve = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2", "--port", str(port)],
@@ -175,7 +175,7 @@ def test_w1_ctrl_c_stops_serve_and_its_processes_in_order(
         start_new_session=True,
     )
     try:
-        assert wait_ready(port), "the gateway never answered /readyz"
+        assert until(lambda: ready(port), 60), "the gateway never answered /readyz"
         os.killpg(serve.pid, signal.SIGINT)
         output, _ = serve.communicate(timeout=60)
     finally:
@@ -185,16 +185,11 @@ def test_w1_ctrl_c_stops_serve_and_its_processes_in_order(
     assert "Traceback" not in output, output[-3000:]
 
 
-def wait_ready(port: int, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
+def ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_w1_a_worker_whose_redis_goes_away_exits_instead_of_hanging(tmp_path: Path) -> None:
@@ -216,14 +211,7 @@ def test_w1_a_worker_whose_redis_goes_away_exits_instead_of_hanging(tmp_path: Pa
             (str(uuid.uuid4()), payload),
         )
     server, redis_url = start_embedded_redis()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KANMON_")}
-    env.update(
-        {
-            "KANMON_SECRET_KEY": new_key_text(),
-            "KANMON_DATABASE_URL": database,
-            "KANMON_REDIS_URL": redis_url,
-        }
-    )
+    env = kanmon_env(tmp_path, KANMON_DATABASE_URL=database, KANMON_REDIS_URL=redis_url)
     worker = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "worker", "--queue", "maintenance"],
         env=env,

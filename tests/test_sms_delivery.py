@@ -14,6 +14,7 @@ import base64
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -636,6 +637,24 @@ def patient_settings(settings_for_twilio: Settings) -> Settings:
     return settings_for_twilio.model_copy(update={"sms_send_timeout_seconds": 10.0})
 
 
+@asynccontextmanager
+async def send_held_at_the_provider(
+    services: Services, settings: Settings, twilio: FakeTwilio, number: str
+) -> AsyncIterator[tuple[SmsMessage, RecordedRequest]]:
+    """A verification SMS whose provider call is held open: the block acts while the worker
+    waits for Twilio's answer, which comes when the block ends."""
+    twilio.script(OK.held_until_released(), to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+    worker = asyncio.create_task(run_worker(settings, "sms"))
+    try:
+        (request,) = await twilio.wait_for_requests(1, to=number)
+        yield message, request
+    finally:
+        twilio.release()
+        await worker
+
+
 async def test_s3_delivered_receipt_that_beats_the_workers_write_of_the_sid_is_kept(
     services: Services,
     patient_settings: Settings,
@@ -643,21 +662,15 @@ async def test_s3_delivered_receipt_that_beats_the_workers_write_of_the_sid_is_k
     receipts_client: httpx.AsyncClient,
     number: str,
 ) -> None:
-    twilio.script(OK.held_until_released(), to=number)
-    user = await new_user(services)
-    message = await add_phone(services, user.id, number)
-
-    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
-    try:
-        (request,) = await twilio.wait_for_requests(1, to=number)
+    async with send_held_at_the_provider(services, patient_settings, twilio, number) as (
+        message,
+        request,
+    ):
         assert request.sid is not None
         # Twilio took the message and its callback arrives before its answer to the worker.
         response = await twilio.post_receipt(receipts_client, request.sid, "delivered")
         assert response.status_code == 204
         assert (await reload(message)).status is SmsStatus.SENDING
-    finally:
-        twilio.release()
-        await worker
 
     message = await reload(message)
     assert message.status is SmsStatus.DELIVERED
@@ -679,19 +692,13 @@ async def test_s3_undelivered_receipt_that_beats_the_worker_keeps_its_carrier_er
     receipts_client: httpx.AsyncClient,
     number: str,
 ) -> None:
-    twilio.script(OK.held_until_released(), to=number)
-    user = await new_user(services)
-    message = await add_phone(services, user.id, number)
-
-    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
-    try:
-        (request,) = await twilio.wait_for_requests(1, to=number)
+    async with send_held_at_the_provider(services, patient_settings, twilio, number) as (
+        message,
+        request,
+    ):
         assert request.sid is not None
         await twilio.post_receipt(receipts_client, request.sid, "sent")
         await twilio.post_receipt(receipts_client, request.sid, "undelivered", error_code="30003")
-    finally:
-        twilio.release()
-        await worker
 
     message = await reload(message)
     assert (message.status, message.error_code) == (SmsStatus.UNDELIVERED, "30003")
@@ -701,19 +708,13 @@ async def test_s3_undelivered_receipt_that_beats_the_worker_keeps_its_carrier_er
 async def test_s3_a_final_status_written_while_the_send_is_in_flight_is_never_moved_back(
     services: Services, patient_settings: Settings, twilio: FakeTwilio, number: str
 ) -> None:
-    twilio.script(OK.held_until_released(), to=number)
-    user = await new_user(services)
-    message = await add_phone(services, user.id, number)
-
-    worker = asyncio.create_task(run_worker(patient_settings, "sms"))
-    try:
-        (request,) = await twilio.wait_for_requests(1, to=number)
+    async with send_held_at_the_provider(services, patient_settings, twilio, number) as (
+        message,
+        request,
+    ):
         await SmsMessage.filter(id=message.id).update(
             status=SmsStatus.DELIVERED, delivered_at=utc_now()
         )
-    finally:
-        twilio.release()
-        await worker
 
     message = await reload(message)
     assert message.status is SmsStatus.DELIVERED

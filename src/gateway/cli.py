@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from gateway.arguments import whole_number
 from gateway.settings import ConfigurationError, Settings
 
 MAX_PORT = 65535
@@ -96,27 +97,6 @@ def _admin(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _count(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _integer(text)
-    if not 1 <= value <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_PORT}, not {value}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
 def _settings_problem(error: ValidationError) -> str:
     """pydantic's report, one line per setting, named as the environment names it."""
     lines = []
@@ -131,12 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="gateway, workers and (if needed) an embedded Redis, on SQLite")
     serve = sub.add_parser("serve", help="the GraphQL gateway only")
-    serve.add_argument("--workers", type=_count, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--workers", type=whole_number("processes", 1), default=1, help="uvicorn worker processes"
+    )
     serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=_port, default=None)
+    serve.add_argument("--port", type=whole_number("port", 1, MAX_PORT), default=None)
     worker = sub.add_parser("worker", help="an arq worker for one queue")
     worker.add_argument("--queue", required=True, choices=["sms", "push", "maintenance"])
-    worker.add_argument("--concurrency", type=_count, default=None)
+    worker.add_argument("--concurrency", type=whole_number("jobs", 1), default=None)
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument(
         "--check",

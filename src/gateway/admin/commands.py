@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from gateway.arguments import whole_number
 from gateway.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
@@ -104,26 +105,6 @@ def _error(message: str) -> None:
 
 
 # Argument types ---------------------------------------------------------------------------------
-
-
-def _batch(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("a whole number of rows") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError("at least 1 row")
-    return value
-
-
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError("a whole number of seconds") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError("seconds cannot be negative")
-    return value
 
 
 def _ticket(text: str) -> str:
@@ -374,7 +355,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     outbox.add_argument("--replay", action="store_true", help="dispatch the stuck rows now")
     outbox.add_argument(
         "--older-than",
-        type=_seconds,
+        type=whole_number("seconds", 0),
         default=DEFAULT_OUTBOX_AGE,
         metavar="SECONDS",
         help=f"a row is stuck after this long undispatched (default {DEFAULT_OUTBOX_AGE})",
@@ -398,7 +379,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     sms.add_argument(
         "--older-than",
-        type=_seconds,
+        type=whole_number("seconds", 0),
         default=DEFAULT_SMS_AGE,
         metavar="SECONDS",
         help=f"a message is stuck after this long (default {DEFAULT_SMS_AGE})",
@@ -437,7 +418,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     rekey.add_argument(
         "--batch-size",
-        type=_batch,
+        type=whole_number("rows", 1),
         default=DEFAULT_REKEY_BATCH,
         metavar="ROWS",
         help=f"rows read per query (default {DEFAULT_REKEY_BATCH})",

@@ -174,9 +174,12 @@ class SecurityService:
         and the old number hears of it (a stolen session must not move 2FA to its phone)."""
         user_id = session.user.id
         await lock_user(user_id)
-        replaced = await self._sms.verified_number(user_id)
-        if replaced is not None:
+        phone = await self._sms.phone(user_id)
+        replaced = None
+        if phone is not None and phone.verified_at is not None:
             self._accounts.require_recent_auth(session)
+            if phone.pending_number != phone.number:
+                replaced = phone.number
         now = self._clock()
         counter = await code_throttle.check(user_id, TwoFactorMethod.SMS.value, now)
         try:
@@ -185,7 +188,7 @@ class SecurityService:
             await code_throttle.failed(user_id, TwoFactorMethod.SMS.value, now, counter)
             return Outcome(error=exc)
         await code_throttle.succeeded(counter)
-        if replaced is not None and replaced != await self._sms.verified_number(user_id):
+        if replaced is not None:
             await work.enqueue(notice_job(user_id, Notice.PHONE_REMOVED, replaced))
         return Outcome(value=view)
 
