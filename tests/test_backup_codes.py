@@ -198,6 +198,24 @@ async def test_b2_new_codes_follow_in_sequence_and_a_sixth_active_is_refused(
     rows = await BackupCode.filter(user_id=account.user_id).order_by("sequence")
     assert [row.sequence for row in rows] == [1, 2, 3, 4, 5]
 
+
+async def test_b2_f3_every_issued_code_is_a_security_event_and_a_refusal_is_not(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    """A new backup code is a new way past the second factor: the user can see when each
+    was issued (by sequence number, never the code)."""
+    account = await two_factor_account(client, username)
+    await add_codes(client, account, 4)
+    refused = await gql(client, NEW_BACKUP_CODE, token=account.token)
+    assert refused["errors"][0]["extensions"]["code"] == "BACKUP_CODE_LIMIT"
+
+    events = await event_kinds(client, account.token)
+    issued = [detail for kind, detail in events if kind == "backup_code.issued"]
+    assert issued == ["5", "4", "3", "2", "1"]  # newest first; the refusal added none
+    details = " ".join(detail or "" for _, detail in events)
+    for code in account.codes:
+        assert code not in details and code.replace("-", "") not in details
+
     # Using the oldest makes room for exactly one more, which is the 6th in sequence.
     first_use = await use_code(client, await open_challenge(client, username), account.codes[0])
     assert outcome(first_use) == SESSION

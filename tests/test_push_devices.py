@@ -172,6 +172,27 @@ async def test_p9_update_push_token_for_own_device_replaces_it_and_reenables_pus
     assert (await settings_of(client, app.token))["devices"][0]["pushEnabled"] is True
     # Push is offered again at the next login.
     assert (await login(client, account.username))["methods"][0] == "PUSH"
+    # F3: the replacement is a security event, naming the device and not the token.
+    assert "device.push_token_replaced" in await event_kinds(account.user_id)
+
+
+async def test_p9_a3_only_the_devices_own_app_session_replaces_its_push_token(
+    client: httpx.AsyncClient,
+) -> None:
+    """A web session, or the app session of the user's other phone, could otherwise send the
+    device's pushes to another token, or switch them off with a dead one, without the password
+    that removing the device needs."""
+    account = await push_account(client, devices=2, two_factor=False)
+    first, second = account.apps
+    web = await login(client, account.username, "WEB")
+    assert web["__typename"] == "Session", web
+    for token in (web["token"], second.token):
+        variables = {"d": first.device_id, "t": unique_push_token("redirected")}
+        body = await gql(client, UPDATE_PUSH_TOKEN, variables, token=token)
+        assert code_of(body) == "FORBIDDEN", body
+    row = await Device.get(id=UUID(first.device_id))
+    assert (row.push_token, row.push_enabled) == (first.push_token, True)
+    assert "device.push_token_replaced" not in await event_kinds(account.user_id)
 
 
 async def test_p9_update_push_token_for_another_users_device_is_not_found(

@@ -8,6 +8,7 @@ from uuid import UUID
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import User
 from gateway.accounts.store import lock_user
+from gateway.core import audit
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.errors import DomainError
@@ -43,7 +44,8 @@ class BackupCodeService:
 
     async def issue_next(self, user_id: UUID) -> IssuedBackupCode:
         """B2: the next code in sequence; refused with BACKUP_CODE_LIMIT at 5 active.
-        Runs inside the caller's transaction."""
+        Runs inside the caller's transaction. A new code is a new way past the second factor,
+        so its issue is a security event (F3), with its sequence number."""
         user = await lock_user(user_id)
         active = await self.active_count(user_id)
         if active >= MAX_ACTIVE:
@@ -54,6 +56,7 @@ class BackupCodeService:
         await BackupCode.create(
             user_id=user_id, sequence=sequence, code_hash=self._box.keyed_hash(code)
         )
+        await audit.record(user_id, "backup_code.issued", detail=str(sequence))
         return IssuedBackupCode(
             code=codes.display(code), sequence=sequence, active_count=active + 1
         )

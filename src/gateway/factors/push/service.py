@@ -130,16 +130,23 @@ class PushService:
             raise NotFound()
         return device
 
-    async def update_push_token(self, user_id: UUID, device_id: str, push_token: str) -> Device:
-        """P9: Firebase rotated the token; push works again if it had been switched off."""
+    async def update_push_token(self, session: Session, device_id: str, push_token: str) -> Device:
+        """P9: Firebase rotated the token; push works again if it had been switched off.
+
+        Only the device's own app session may do it: from any other session (a web one, say)
+        it would be a way to send the device's pushes elsewhere, or to switch them off with a
+        dead token, without the password that removing the device needs (A3)."""
         if not 1 <= len(push_token) <= MAX_TOKEN:
             raise BadUserInput("The push token is empty or too long.")
-        device = await self.owned_device(user_id, device_id)
+        device = await self.owned_device(session.user.id, device_id)
+        if session.device_id != device.id:
+            raise Forbidden("Only the device's own app session can replace its push token.")
         device.push_token = push_token
         device.push_enabled = True
         device.push_disabled_reason = None
         device.last_seen_at = self._clock()
         await device.save()
+        await audit.record(session.user.id, "device.push_token_replaced", detail=device.name)
         return device
 
     async def remove_device(self, device: Device) -> None:

@@ -36,13 +36,11 @@ class PushMutation:
     async def update_push_token(
         self, info: Info, device_id: strawberry.ID, push_token: str
     ) -> Device:
-        """P9."""
+        """P9: from the device's own app session."""
         session = await info.context.require_session()
         services = info.context.services
         async with services.uow():
-            device = await services.push.update_push_token(
-                session.user.id, str(device_id), push_token
-            )
+            device = await services.push.update_push_token(session, str(device_id), push_token)
         return Device.of(device)
 
     @strawberry.mutation
