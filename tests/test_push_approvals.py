@@ -133,6 +133,33 @@ async def test_l4_p2_web_login_starts_push_with_a_match_number_and_one_pending_r
     assert outbox.dispatched_at is not None
 
 
+@pytest.mark.parametrize(
+    ("ip", "location"),
+    [("133.11.0.1", "JP"), ("::ffff:133.11.0.1", "JP"), ("2001:4860:4860::8888", "US")],
+)
+async def test_p2_the_app_sees_the_country_the_login_came_from(
+    services: Services, ip: str, location: str
+) -> None:
+    """The rough location is the country the address is allocated to (ISO 3166-1), for the
+    app to name in the user's language; an IPv4 client seen by a dual-stack listener counts
+    as its IPv4 address."""
+    async with api(services, ip) as http:
+        account = await push_account(http)
+        challenge = await login(http, account.username, "WEB", "Firefox")
+        node = await request_node(http, account.app.token, challenge)
+    assert (node["ipAddress"], node["location"]) == (ip, location)
+    row = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+    assert row.location == location
+
+
+async def test_p2_a_private_address_has_no_location(services: Services) -> None:
+    async with api(services, "10.1.2.3") as http:
+        account = await push_account(http)
+        challenge = await login(http, account.username, "WEB", "Firefox")
+        node = await request_node(http, account.app.token, challenge)
+    assert (node["ipAddress"], node["location"]) == ("10.1.2.3", None)
+
+
 async def test_l4_no_sms_code_is_sent_when_push_is_primary_even_with_a_verified_phone(
     services: Services,
 ) -> None:

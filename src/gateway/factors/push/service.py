@@ -18,7 +18,7 @@ from tortoise.expressions import Q
 from gateway.accounts.clients import APP_CLIENTS
 from gateway.accounts.models import Session
 from gateway.accounts.store import lock_user
-from gateway.core import audit, otp
+from gateway.core import audit, geo, otp
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.errors import BadUserInput, DomainError, Forbidden, NotFound
@@ -241,7 +241,7 @@ class PushService:
             match_number=secrets.randbelow(90) + 10 if self._policy.number_matching else None,
             browser=(browser or None) and browser[:128],
             ip_address=ip_address,
-            location=None,
+            location=geo.rough_location(ip_address),
             expires_at=expires_at,
             created_at=now,
         )
