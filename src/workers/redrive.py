@@ -10,9 +10,10 @@ deferred for a retry, running or finished is never doubled.
   REDRIVE_AFTER. The re-run is the ordinary job: an expired code fails unsent (S3), a call that
   was cut off counts as a duplicate (S4), a paused number gets nothing (S5).
 - `push.fan_out`: a login request still PENDING, not expired, whose user has a device to push
-  to, and for which no device's send was ever recorded: its fan-out never ran. A fan-out whose
-  retry (P2) was lost is not re-driven: a new job starts at try 1, which sends to every device
-  again and records each send a second time.
+  to, and for which no device's send was ever recorded (its fan-out never ran), or some
+  device's last send failed transiently (its retry, P2, was lost). The re-run sends only to the
+  devices still owed a message: the job reads that from the recorded sends, not from its try
+  number, which starts again at 1.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from uuid import UUID
 
 from gateway.container import Services
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus, PushSend
+from gateway.factors.push.port import PushOutcome
 from gateway.factors.sms.delivery import stalled_messages
+
+RETRY = PushOutcome.RETRY.value
 
 # Long past any job's timeout (10 s for sms.send and push.fan_out): a job that has not moved
 # for this long is not running. Also H3's "wait at least 2 minutes" for an SMS.
@@ -42,7 +46,8 @@ async def redrive_lost_jobs(services: Services, quiet_for: timedelta = REDRIVE_A
 
 async def unsent_login_requests(now: datetime, quiet_for: timedelta, limit: int) -> list[UUID]:
     """P2: pending requests older than `quiet_for` with a device to push to and no send
-    recorded (the request id is its fan-out's outbox row id)."""
+    recorded, or with a send still to be retried (the request id is its fan-out's outbox row
+    id)."""
     waiting = (
         await LoginRequest.filter(
             status=LoginRequestStatus.PENDING,
@@ -56,10 +61,13 @@ async def unsent_login_requests(now: datetime, quiet_for: timedelta, limit: int)
     if not waiting:
         return []
     requests = {UUID(str(request_id)): UUID(str(user_id)) for request_id, user_id in waiting}
-    sent = await PushSend.filter(request_id__in=list(requests)).values_list("request_id", flat=True)
+    sent = await PushSend.filter(request_id__in=list(requests)).values_list("request_id", "outcome")
     pushable = await Device.filter(
         user_id__in=set(requests.values()), push_enabled=True
     ).values_list("user_id", flat=True)
-    tried = {UUID(str(value)) for value in sent}
+    tried = {UUID(str(request_id)) for request_id, _ in sent}
+    owed = {UUID(str(request_id)) for request_id, outcome in sent if outcome == RETRY}
     reachable = {UUID(str(value)) for value in pushable}
-    return [r for r, user in requests.items() if r not in tried and user in reachable]
+    return [
+        r for r, user in requests.items() if user in reachable and (r not in tried or r in owed)
+    ]

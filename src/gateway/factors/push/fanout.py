@@ -23,7 +23,8 @@ class PushFanOut:
         self._clock = clock
 
     async def run(self, request_id: UUID, job_try: int) -> float | None:
-        """Sends what is left to send; returns a delay when some devices should be retried."""
+        """Sends what is left to send; returns a delay when some devices should be retried.
+        `job_try` only sets the back-off: what is left comes from the recorded sends."""
         found = await fanout_store.request_and_devices(request_id)
         now = self._clock()
         if found is None:
@@ -34,26 +35,17 @@ class PushFanOut:
         ttl = math.floor((request.expires_at - now).total_seconds())
         if ttl <= 0:
             return None
-        first_try = job_try == 1
-        settled = (
-            set()
-            if first_try
-            else {
-                row.device_id
-                for row in await PushSend.filter(request_id=request.id)
-                if row.outcome is not None and row.outcome != PushOutcome.RETRY.value
-            }
-        )
-        devices = [t for t in targets if t.device_id not in settled]
+        devices = [t for t in targets if not t.settled]
+        recorded = {t.device_id for t in devices if t.recorded}
         retry = False
         for start in range(0, len(devices), MAX_BATCH):
             batch = devices[start : start + MAX_BATCH]
             messages = [PushMessage(d.device_id, d.push_token, str(request.id), ttl) for d in batch]
             results = await self._sender.send(messages)
-            if first_try:
-                await fanout_store.record_first_sends(request.id, results, self._clock())
+            first = [r for r in results if r.device_id not in recorded]
+            await fanout_store.record_first_sends(request.id, first, self._clock())
             for result in results:
-                if not first_try:
+                if result.device_id in recorded:
                     await self._record_retry(request.id, result.device_id, result.outcome)
                 PUSH_SENDS.labels(result.outcome.value).inc()
                 if result.outcome in DEAD_TOKEN:
