@@ -46,6 +46,8 @@ from tests.graphql_client import (
 )
 from tests.statements import counted_statements, on_postgres
 
+REAUTHENTICATE = "mutation($p: String!) { reauthenticate(password: $p) }"
+
 TOTP = TwoFactorMethod.TOTP
 BACKUP = TwoFactorMethod.BACKUP_CODE
 WEB = Client(ClientKind.WEB, None, None)
@@ -453,6 +455,65 @@ async def test_l3_per_ip_throttle_answers_rate_limited(
     async with app_client(services, random_ip()) as http:
         body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
         assert body["data"]["login"]["__typename"] == "Session"
+
+
+async def test_l3_a_burst_of_parallel_wrong_passwords_gets_exactly_the_limit_checked(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """Each check counts itself before argon2 runs: 30 guesses sent at once get 5 answers and
+    25 RATE_LIMITED, and the right password after them is refused too."""
+    services = make_services(login_failures_per_account=5)
+    async with app_client(services, random_ip()) as http:
+        await sign_up(http, username)
+        guesses = [
+            gql(http, LOGIN, {"u": username, "p": f"guess number {i}", "k": "WEB"})
+            for i in range(30)
+        ]
+        codes = [error_of(body)["extensions"]["code"] for body in await asyncio.gather(*guesses)]
+        assert codes.count("INVALID_CREDENTIALS") == 5, codes
+        assert codes.count("RATE_LIMITED") == 25, codes
+        body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+        assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_l3_a3_parallel_reauthenticate_guesses_get_exactly_the_limit_checked(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """A stolen session cannot guess its way into the A3 window faster than the throttle."""
+    services = make_services(login_failures_per_account=4)
+    async with app_client(services, random_ip()) as http:
+        token = await sign_up(http, username)
+        guesses = [
+            gql(http, REAUTHENTICATE, {"p": f"guess number {i}"}, token=token) for i in range(20)
+        ]
+        codes = [error_of(body)["extensions"]["code"] for body in await asyncio.gather(*guesses)]
+        assert codes.count("INVALID_CREDENTIALS") == 4, codes
+        assert codes.count("RATE_LIMITED") == 16, codes
+        body = await gql(http, REAUTHENTICATE, {"p": PASSWORD}, token=token)
+        assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_l3_right_passwords_do_not_fill_the_windows(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """A check is counted before argon2 and taken back when the password is right: many
+    people logging in from one address (a campus, a carrier's NAT) never reach the limit."""
+    services = make_services(login_failures_per_account=2, login_failures_per_ip=2)
+    async with app_client(services, random_ip()) as http:
+        token = await sign_up(http, username)
+        logins = [gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"}) for _ in range(2)]
+        for body in await asyncio.gather(*logins):
+            assert body["data"]["login"]["__typename"] == "Session", body
+        for _ in range(4):
+            body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+            assert body["data"]["login"]["__typename"] == "Session", body
+            assert (await gql(http, REAUTHENTICATE, {"p": PASSWORD}, token=token))["data"] == {
+                "reauthenticate": True
+            }
+        # Both windows are still empty: two wrong passwords are answered, the third is not.
+        for expected in ("INVALID_CREDENTIALS", "INVALID_CREDENTIALS", "RATE_LIMITED"):
+            body = await gql(http, LOGIN, {"u": username, "p": "wrong password", "k": "WEB"})
+            assert error_of(body)["extensions"]["code"] == expected
 
 
 # L5 ------------------------------------------------------------------------------------------

@@ -65,7 +65,12 @@ def validate_password_shape(password: str) -> None:
 
 
 class PasswordGuard:
-    """L3: wrong passwords are throttled per account and per IP in short Redis windows."""
+    """L3: wrong passwords are throttled per account and per IP in short Redis windows.
+
+    Every password check is counted as a failure before argon2 runs, in one atomic step with
+    the limit check, and taken back once the password proves right. A read-only check followed
+    by a count after the hash let a burst of parallel guesses all pass the check before the
+    first failure was counted (60 sent at once were all tried against the hash)."""
 
     def __init__(self, counter: WindowCounter, per_account: int, per_ip: int, window: int) -> None:
         self._counter = counter
@@ -73,28 +78,32 @@ class PasswordGuard:
         self._per_ip = per_ip
         self._window = window
 
-    async def check(self, account_key: str, ip_address: str | None) -> int:
-        """Raises RATE_LIMITED while either window is full; else the account's recent wrong
-        passwords, which `succeeded` needs to know whether there is anything to clear."""
-        windows = [(f"pw:acct:{account_key}", self._per_account)]
+    def _keys(self, account_key: str, ip_address: str | None) -> list[str]:
+        keys = [f"pw:acct:{account_key}"]
         if ip_address:
-            windows.append((f"pw:ip:{ip_address}", self._per_ip))
-        wait, counts = await self._counter.blocked_for(windows)
+            keys.append(f"pw:ip:{ip_address}")
+        return keys
+
+    async def check(self, account_key: str, ip_address: str | None) -> int:
+        """Raises RATE_LIMITED while either window is full (counting nothing); else counts
+        this attempt as a failure in both and answers the account's earlier wrong passwords,
+        which `succeeded` needs to know whether there is anything to clear."""
+        limits = [self._per_account, self._per_ip]
+        windows = [
+            (key, limit, self._window)
+            for key, limit in zip(self._keys(account_key, ip_address), limits, strict=False)
+        ]
+        wait, seen = await self._counter.reserve(windows)
         if wait:
             raise RateLimited(wait)
-        return counts[0]
+        return seen
 
-    async def failed(self, account_key: str, ip_address: str | None) -> None:
-        await self._counter.add(f"pw:acct:{account_key}", self._window)
-        if ip_address:
-            await self._counter.add(f"pw:ip:{ip_address}", self._window)
-
-    async def succeeded(self, account_key: str, seen_failures: int | None = None) -> None:
-        """Clears the account's window; skipped when `check` saw it empty (a failure counted
-        since then is left standing, which only errs on the side of the throttle)."""
-        if seen_failures == 0:
-            return
-        await self._counter.clear(f"pw:acct:{account_key}")
+    async def succeeded(self, account_key: str, ip_address: str | None, seen_failures: int) -> None:
+        """Takes back the failure `check` counted; a right password also clears the account's
+        earlier wrong ones (when `check` saw some)."""
+        await self._counter.release(
+            self._keys(account_key, ip_address), clear_first=seen_failures > 0
+        )
 
 
 class AccountService:
@@ -186,12 +195,12 @@ class AccountService:
     async def reauthenticate(self, session: Session, password: str, ip_address: str | None) -> None:
         """A3: proving the password again opens the recent-authentication window."""
         user = session.user
-        await self.guard.check(user.username_key, ip_address)
+        seen_failures = await self.guard.check(user.username_key, ip_address)
         if len(password) > MAX_PASSWORD or not await self.passwords.verify(
             user.password_hash, password
         ):
-            await self.guard.failed(user.username_key, ip_address)
             raise InvalidCredentials("The password is incorrect.")
+        await self.guard.succeeded(user.username_key, ip_address, seen_failures)
         await Session.filter(id=session.id).update(password_verified_at=self._clock())
 
     def require_recent_auth(self, session: Session) -> None:

@@ -19,9 +19,11 @@ def backoff_seconds(consecutive_failures: int) -> int:
 
 
 # Checks every window and counts in all of them only if none is full, atomically, so concurrent
-# senders cannot slip past a limit between the check and the count.
-_ADMIT_ALL = """
+# callers cannot slip past a limit between the check and the count. It also answers the first
+# window's count before this event (a password check needs it).
+_RESERVE = """
 local wait = 0
+local first = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i, key in ipairs(KEYS) do
   local count = tonumber(redis.call('GET', key) or '0')
   if count >= tonumber(ARGV[2 * i - 1]) then
@@ -30,10 +32,24 @@ for i, key in ipairs(KEYS) do
     if ttl > wait then wait = ttl end
   end
 end
-if wait > 0 then return wait end
+if wait > 0 then return {wait, first} end
 for i, key in ipairs(KEYS) do
   if redis.call('INCR', key) == 1 then
     redis.call('EXPIRE', key, tonumber(ARGV[2 * i]))
+  end
+end
+return {0, first}
+"""
+
+# Takes back one event from each window that still counts one; a window that expired meanwhile
+# is left alone (a decrement would recreate it without an expiry). ARGV[1] = 1 empties the
+# first window instead.
+_RELEASE = """
+for i, key in ipairs(KEYS) do
+  if i == 1 and ARGV[1] == '1' then
+    redis.call('DEL', key)
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
   end
 end
 return 0
@@ -48,31 +64,26 @@ class WindowCounter:
         self._redis = redis
         self._prefix = prefix
 
-    async def blocked_for(self, windows: list[tuple[str, int]]) -> tuple[int, list[int]]:
-        """For (key, limit) pairs: the seconds until every key is under its limit (0 when all
-        are already), and each key's count. One round trip unless a window is full."""
-        full_keys = [f"{self._prefix}:{key}" for key, _ in windows]
-        counts = [int(raw or 0) for raw in await self._redis.mget(full_keys)]
-        wait = 0
-        for full_key, (_, limit), count in zip(full_keys, windows, counts, strict=True):
-            if count >= limit:
-                wait = max(wait, int(await self._redis.ttl(full_key)), 1)
-        return wait, counts
-
-    async def add(self, key: str, window_seconds: int) -> None:
-        full_key = f"{self._prefix}:{key}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(full_key)
-            pipe.expire(full_key, window_seconds, nx=True)
-            await pipe.execute()
-
     async def admit_all(self, windows: list[tuple[str, int, int]]) -> int:
         """Counts one event in every (key, limit, window_seconds) if all are under their limit;
         otherwise counts nothing and returns the seconds until the fullest one reopens."""
+        wait, _ = await self.reserve(windows)
+        return wait
+
+    async def reserve(self, windows: list[tuple[str, int, int]]) -> tuple[int, int]:
+        """`admit_all`, also answering the first window's count before this event: (the
+        seconds to wait, 0 when counted; that count)."""
         keys = [f"{self._prefix}:{key}" for key, _, _ in windows]
         args = [str(v) for _, limit, window in windows for v in (limit, window)]
-        wait = await cast(Awaitable[int], self._redis.eval(_ADMIT_ALL, len(keys), *keys, *args))
-        return int(wait)
+        answer = await cast(
+            Awaitable[list[int]], self._redis.eval(_RESERVE, len(keys), *keys, *args)
+        )
+        return int(answer[0]), int(answer[1])
 
-    async def clear(self, key: str) -> None:
-        await self._redis.delete(f"{self._prefix}:{key}")
+    async def release(self, keys: list[str], *, clear_first: bool = False) -> None:
+        """Takes back what `reserve` counted in `keys`; `clear_first` empties the first."""
+        full_keys = [f"{self._prefix}:{key}" for key in keys]
+        await cast(
+            Awaitable[int],
+            self._redis.eval(_RELEASE, len(full_keys), *full_keys, "1" if clear_first else "0"),
+        )

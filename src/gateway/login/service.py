@@ -116,7 +116,7 @@ class LoginService:
         """The throttle, the account and argon2, outside any transaction: a hash takes tens of
         milliseconds (more when logins queue for the cores), and a database connection held
         open meanwhile is one the other requests cannot have. Wrong passwords all look alike;
-        the throttle runs before argon2."""
+        the throttle counts the attempt before argon2."""
         if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
             raise BadUserInput("Username or password too long.")
         key = username.casefold()
@@ -133,13 +133,12 @@ class LoginService:
         """What the password check leads to, in the unit of work: a session, a challenge, or
         the failure counted and audited."""
         key = checked.key
-        if checked.candidate is None:
-            await self._accounts.guard.failed(key, client.ip_address)
+        if checked.candidate is None:  # counted as a failure by the throttle's check
             return Outcome(error=InvalidCredentials())
         user, summary = checked.candidate
         if not checked.password_ok:
             if await self._temporary.consume(user.id, checked.password):
-                await self._accounts.guard.succeeded(key, checked.seen_failures)
+                await self._accounts.guard.succeeded(key, client.ip_address, checked.seen_failures)
                 await audit.record(
                     user.id,
                     "login.succeeded",
@@ -149,12 +148,11 @@ class LoginService:
                 # L6, A3: a temporary password is not the account password.
                 session = await self._accounts.issue_session(user.id, client, password_proved=False)
                 return Outcome(value=session)
-            await self._accounts.guard.failed(key, client.ip_address)
             await audit.record(
                 user.id, "login.failed", detail="password", ip_address=client.ip_address
             )
             return Outcome(error=InvalidCredentials())
-        await self._accounts.guard.succeeded(key, checked.seen_failures)
+        await self._accounts.guard.succeeded(key, client.ip_address, checked.seen_failures)
         if not user.two_factor_enabled:
             await audit.record(
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address
