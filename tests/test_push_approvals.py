@@ -19,6 +19,7 @@ from gateway.accounts.models import Session
 from gateway.container import Services
 from gateway.core.audit import SecurityEvent
 from gateway.core.crypto import token_digest
+from gateway.core.errors import Forbidden
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH
 from gateway.core.outbox import OutboxMessage
 from gateway.factors.push.models import Device, LoginRequest, LoginRequestStatus
@@ -536,6 +537,40 @@ async def test_p4_an_answer_after_another_field_read_the_session_still_acts_for_
     assert code_of(body) == OK, body
     assert body["data"]["approveLoginRequest"]["status"] == "APPROVED"
     assert (await request_row(challenge)).status is LoginRequestStatus.APPROVED
+
+
+@pytest.mark.parametrize("wrong_number", [False, True])
+async def test_p7_a2_an_answer_read_before_a_logout_that_won_the_lock_changes_nothing(
+    client: httpx.AsyncClient, services: Services, wrong_number: bool
+) -> None:
+    """The race of a stolen phone's approval with its owner's logout: the approval read its
+    session and device before the transaction, and the logout of that session committed first
+    (it held the user's row lock). The answer must not stand, wrong number or right."""
+    account = await push_account(client, devices=2)
+    stolen, kept = account.apps
+    challenge = await login(client, account.username)
+    node = await request_node(client, stolen.token, challenge)
+    found = await services.approvals.app_session(stolen.token)
+    assert found is not None
+    session, device = found
+
+    assert (await gql(client, "mutation { logout }", token=stolen.token))["data"] == {
+        "logout": True
+    }
+    number = challenge["matchNumber"] + (1 if wrong_number else 0)
+    signature = stolen.key.approve(node["id"], node["nonce"], number)
+    with pytest.raises(Forbidden):
+        async with services.uow() as work:
+            await services.approvals.decide(
+                session, device, node["id"], signature, approve=True, match_number=number, work=work
+            )
+
+    request = await LoginRequest.get(id=UUID(node["id"]))
+    assert (request.status, request.wrong_matches) == (LoginRequestStatus.PENDING, 0)
+    assert (await challenge_view(client, challenge))["status"] == "PENDING"
+    assert "login_request.approved" not in await event_kinds(account.user_id)
+    # The phone still enrolled answers as before.
+    assert code_of(await approve(client, kept, node, challenge["matchNumber"])) == OK
 
 
 async def test_p4_another_users_request_is_not_found(client: httpx.AsyncClient) -> None:

@@ -67,7 +67,7 @@ class PushApprovals:
         device = self._push.require_app_device(device)
         # `decide` locks the user's row first, then the request's, then this moves the challenge.
         decision, error = await self._push.decide(
-            device, request_id, signature, approve, match_number, work
+            device, session.id, request_id, signature, approve, match_number, work
         )
         if decision is not None:
             await self._move_challenge(decision, work)

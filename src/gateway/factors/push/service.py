@@ -163,8 +163,12 @@ class PushService:
 
     def require_app_device(self, device: Device | None) -> Device:
         if device is None:
-            raise Forbidden("Only an enrolled app session can answer login requests.")
+            raise self._not_enrolled()
         return device
+
+    @staticmethod
+    def _not_enrolled() -> Forbidden:
+        return Forbidden("Only an enrolled app session can answer login requests.")
 
     # APP_CODE (P8, H4) --------------------------------------------------------------------
 
@@ -262,6 +266,7 @@ class PushService:
     async def decide(
         self,
         device: Device,
+        session_id: UUID,
         request_id: str,
         signature: str,
         approve: bool,
@@ -270,7 +275,9 @@ class PushService:
     ) -> tuple[Decision | None, DomainError | None]:
         """P4, P6: the signature over the exact message, the request's state and expiry, and
         the number match, then one conditional update: one decision wins. Takes the user's row
-        lock (with the request's) for the caller's transaction."""
+        lock (with the request's) for the caller's transaction; after it, the answering session
+        (`session_id`) must still be live and the device's (P7: a logout or a removal that won
+        the lock ends its say)."""
         try:
             parsed = UUID(request_id)
         except ValueError as exc:
@@ -293,10 +300,15 @@ class PushService:
         if request.status is not LoginRequestStatus.PENDING or request.expires_at <= now:
             raise RequestNotPending()
         if approve and request.match_number is not None and match_number != request.match_number:
+            if not await store.still_enrolled(device.id, session_id):
+                raise self._not_enrolled()
             return await self._wrong_match(device, request, work)
         status = LoginRequestStatus.APPROVED if approve else LoginRequestStatus.DENIED
         kind = "login_request.approved" if approve else "login_request.denied"
-        if not await store.record_decision(request, status, device, now, kind):
+        result = await store.record_decision(request, status, device, session_id, now, kind)
+        if result is store.DecisionResult.NOT_ENROLLED:
+            raise self._not_enrolled()
+        if result is store.DecisionResult.NOT_PENDING:
             raise RequestNotPending()
         request.status = status
         request.decided_at = now

@@ -3,6 +3,7 @@ allow: every waiting web client is held up by them."""
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
 from uuid import UUID
 
@@ -28,12 +29,19 @@ _LOCKED_REQUEST = sql.select_model(
     ' WHERE r."id" = {0} AND r."user_id" = {1}',
 )
 
-# The decision only if the request is still pending (one decision wins); the rest only if it
-# did. The fatigue reset ($8) is for approvals: a denial counts instead.
+# The decision only if the request is still pending (one decision wins) and the answering
+# app session ($9) is still live and still the device's; the rest only if it won. The fatigue
+# reset ($8) is for approvals: a denial counts instead. Read committed gives this statement a
+# snapshot taken after the user's row lock was granted, so a logout or a device removal that
+# held the lock first is seen here.
 _DECIDE = """
-WITH decided AS (
+WITH enrolled AS (
+  SELECT 1 FROM "sessions" s
+  WHERE s."id" = $9 AND s."device_id" = $4 AND s."revoked_at" IS NULL
+), decided AS (
   UPDATE "login_requests" SET "status" = $2, "decided_at" = $3, "decided_by" = $4
-  WHERE "id" = $1 AND "status" = 'PENDING' RETURNING "id"
+  WHERE "id" = $1 AND "status" = 'PENDING' AND EXISTS (SELECT 1 FROM enrolled)
+  RETURNING "id"
 ), seen AS (
   UPDATE "devices" SET "last_seen_at" = $3
   WHERE "id" = $4 AND EXISTS (SELECT 1 FROM decided)
@@ -45,8 +53,14 @@ WITH decided AS (
   WHERE "user_id" = $5 AND "consecutive_rejections" > 0 AND $8::boolean
     AND EXISTS (SELECT 1 FROM decided)
 )
-SELECT COUNT(*) AS won FROM decided
+SELECT (SELECT COUNT(*) FROM decided) AS won, EXISTS (SELECT 1 FROM enrolled) AS enrolled
 """
+
+
+class DecisionResult(enum.Enum):
+    WON = "won"
+    NOT_PENDING = "not_pending"
+    NOT_ENROLLED = "not_enrolled"
 
 
 async def session_with_device(token_hash: str) -> tuple[Session, Device | None] | None:
@@ -72,15 +86,22 @@ async def lock_request(request_id: UUID, user_id: UUID) -> LoginRequest | None:
     return await sql.fetch_model(LoginRequest, statement, [request_id, user_id])
 
 
+async def still_enrolled(device_id: UUID, session_id: UUID) -> bool:
+    """P7, A2: the answering app session is live and still the device's. Read after the user's
+    row lock, so a logout or removal that held it first is seen."""
+    return await Session.exists(id=session_id, device_id=device_id, revoked_at__isnull=True)
+
+
 async def record_decision(
     request: LoginRequest,
     status: LoginRequestStatus,
     device: Device,
+    session_id: UUID,
     now: datetime,
     event_kind: str,
-) -> bool:
-    """P6: the conditional update of the request and, if it won, the device's last sighting,
-    the security event and (for an approval) the end of a run of rejections."""
+) -> DecisionResult:
+    """P6, P7: the conditional update of the request and, if it won, the device's last
+    sighting, the security event and (for an approval) the end of a run of rejections."""
     approved = status is LoginRequestStatus.APPROVED
     connection = sql.default_connection()
     if sql.is_postgres(connection):
@@ -95,14 +116,19 @@ async def record_decision(
                 event_kind,
                 request.ip_address,
                 approved,
+                session_id,
             ],
         )
-        return bool(rows[0]["won"])
+        if not rows[0]["enrolled"]:
+            return DecisionResult.NOT_ENROLLED
+        return DecisionResult.WON if rows[0]["won"] else DecisionResult.NOT_PENDING
+    if not await still_enrolled(device.id, session_id):
+        return DecisionResult.NOT_ENROLLED
     changed = await LoginRequest.filter(id=request.id, status=LoginRequestStatus.PENDING).update(
         status=status, decided_at=now, decided_by=device.id
     )
     if changed != 1:
-        return False
+        return DecisionResult.NOT_PENDING
     await Device.filter(id=device.id).update(last_seen_at=now)
     await audit.SecurityEvent.create(
         user_id=request.user_id, kind=event_kind, ip_address=request.ip_address, created_at=now
@@ -111,4 +137,4 @@ async def record_decision(
         await PushFatigue.filter(user_id=request.user_id, consecutive_rejections__gt=0).update(
             consecutive_rejections=0
         )
-    return True
+    return DecisionResult.WON
