@@ -562,7 +562,8 @@ async def test_l5_f3_a_completed_challenge_writes_its_session_and_events_togethe
     row = await Session.get(token_hash=token_digest(token))
     assert row.user_id == account.user_id  # type: ignore[attr-defined]
     assert (row.client_kind, row.revoked_at) == (ClientKind.MOBILE_WEB, None)
-    assert row.password_verified_at == clock.now
+    # A3: the password was proved when the challenge opened, 30 s ago.
+    assert row.password_verified_at == clock.now - timedelta(seconds=30)
     assert row.created_at == clock.now
     assert row.expires_at > clock.now
     viewer = (await data(http, SETTINGS, token=token))["viewer"]

@@ -234,8 +234,9 @@ async def test_p4_p5_p6_round_trips_of_an_approval_and_its_completion_stay_withi
     client: httpx.AsyncClient,
 ) -> None:
     """README, performance: session with its device, one locking read of user and request,
-    one decision statement (request, device, event, fatigue) and the challenge's move. SQLite
-    has no data-modifying WITH, so its decision and the completion take more statements."""
+    one decision statement (that the session is still the device's, then request, device,
+    event, fatigue) and the challenge's move. SQLite has no data-modifying WITH, so its
+    decision and the completion take more statements."""
     account = await push_account(client)
     challenge = await login(client, account.username)
     node = await request_node(client, account.app.token, challenge)
@@ -244,7 +245,7 @@ async def test_p4_p5_p6_round_trips_of_an_approval_and_its_completion_stay_withi
         body = await approve(client, account.app, node, challenge["matchNumber"])
 
     assert code_of(body) == OK, body
-    assert len(sql) == (4 if on_postgres() else 7), sql
+    assert len(sql) == (4 if on_postgres() else 8), sql
 
     # P5: the waiting client's completion is the verify path's lock and completion statement.
     with counted_statements() as sql:
@@ -695,6 +696,34 @@ async def test_l5_a_challenge_completed_with_a_code_expires_its_request(
         "REQUEST_NOT_PENDING"
     )
     assert (await challenge_view(http, challenge))["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("method", ["PUSH", "APP_CODE"])
+async def test_a3_the_window_starts_when_the_password_was_proved_not_when_the_login_completed(
+    clocked: Clocked, method: str
+) -> None:
+    """A login completed late in its challenge's life does not stretch the A3 window past
+    the password it proved at `login` (API.md: proving the password there starts it)."""
+    http, clock = clocked.http, clocked.clock
+    settings = clocked.services.settings
+    account = await push_account(http)
+    challenge = await login(http, account.username)
+    late = settings.challenge_ttl_seconds - 60
+    clock.advance(late)
+    if method == "PUSH":
+        node = await request_node(http, account.app.token, challenge)
+        assert code_of(await approve(http, account.app, node, challenge["matchNumber"])) == OK
+        body = await complete(http, challenge)
+        token = body["data"]["completeLoginChallenge"]["token"]
+    else:
+        code = pyotp.TOTP(account.app.login_code_secret).at(clock.now)
+        body = await verify(http, challenge, method, code)
+        token = body["data"]["verifyLoginChallenge"]["token"]
+    create = "mutation { createTemporaryPassword { expiresAt } }"
+    assert code_of(await gql(http, create, token=token)) == OK  # still inside the window
+
+    clock.advance(settings.reauth_window_seconds - late + 1)
+    assert code_of(await gql(http, create, token=token)) == "REAUTHENTICATION_REQUIRED"
 
 
 # H6 ------------------------------------------------------------------------------------------

@@ -145,15 +145,18 @@ class AccountService:
         self, user_id: UUID, client: Client, *, password_proved: bool
     ) -> IssuedSession:
         """A2: an opaque random bearer token, stored only as its hash."""
-        row, issued = self.new_session(user_id, client, password_proved=password_proved)
+        proved_at = self._clock() if password_proved else None
+        row, issued = self.new_session(user_id, client, password_proved_at=proved_at)
         await row.save()
         return issued
 
     def new_session(
-        self, user_id: UUID, client: Client, *, password_proved: bool
+        self, user_id: UUID, client: Client, *, password_proved_at: datetime | None
     ) -> tuple[Session, IssuedSession]:
         """The unsaved row and the answer, for callers that write the row together with other
-        changes (one round trip at the end of a login)."""
+        changes (one round trip at the end of a login). `password_proved_at` starts the A3
+        window: when the password was checked, which for a login completed through a
+        challenge is when the challenge opened, not when it completed."""
         now = self._clock()
         token = new_token()
         expires_at = now + self._session_ttl
@@ -163,7 +166,7 @@ class AccountService:
             token_hash=token_digest(token),
             client_kind=client.kind,
             client_name=client.name,
-            password_verified_at=now if password_proved else None,
+            password_verified_at=password_proved_at,
             created_at=now,
             expires_at=expires_at,
         )

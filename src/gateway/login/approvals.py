@@ -108,7 +108,9 @@ class PushApprovals:
             raise ChallengeExpired()
         # The challenge's row is locked and APPROVED: this is the one completion.
         client = Client(challenge.client_kind, challenge.client_name, ip_address)
-        row, session = self._accounts.new_session(challenge.user_id, client, password_proved=True)
+        row, session = self._accounts.new_session(
+            challenge.user_id, client, password_proved_at=self._login.password_proved_at(challenge)
+        )
         await store.complete(challenge, now, [("login.succeeded", "PUSH")], ip_address, row)
         work.signal(challenge_channel(challenge.id))
         CHALLENGE_OUTCOMES.labels("PUSH", "success").inc()

@@ -204,6 +204,11 @@ class LoginService:
             challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry, match
         )
 
+    def password_proved_at(self, challenge: LoginChallenge) -> datetime:
+        """A3: the password was proved when the challenge opened (its lifetime before its
+        expiry), so completing it late does not stretch the window."""
+        return challenge.expires_at - self._ttl
+
     async def find_challenge(self, challenge_id: str, token: str) -> LoginChallenge:
         """The challenge token is the credential: a wrong one is NOT_FOUND, as is an unknown id."""
         return await self._by_token(challenge_id, token, store.find_challenge)
@@ -286,7 +291,9 @@ class LoginService:
         if method is TwoFactorMethod.BACKUP_CODE:
             events.append(("backup_code.used", None))
         client = Client(challenge.client_kind, challenge.client_name, ip_address)
-        row, session = self._accounts.new_session(challenge.user_id, client, password_proved=True)
+        row, session = self._accounts.new_session(
+            challenge.user_id, client, password_proved_at=self.password_proved_at(challenge)
+        )
         await store.complete(challenge, now, events, ip_address, row)
         work.signal(challenge_channel(challenge.id))
         return Outcome(value=session)
