@@ -13,7 +13,7 @@ from gateway.accounts.clients import ClientKind
 from gateway.core import audit
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
-from gateway.core.errors import DomainError, RateLimited
+from gateway.core.errors import BadUserInput, DomainError, RateLimited
 from gateway.core.jobs import JOB_SMS_SEND, QUEUE_SMS, JobRequest
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
@@ -86,7 +86,7 @@ class SmsService:
     ) -> PhoneView:
         """S1: the number waits, unused, until the code sent to it is confirmed."""
         if carrier is not None and len(carrier) > MAX_CARRIER:
-            raise InvalidPhoneNumber(f"Carrier names have at most {MAX_CARRIER} characters.")
+            raise BadUserInput(f"Carrier names have at most {MAX_CARRIER} characters.")
         number = phones.parse(number_text)
         if not self._guard.country_allowed(number):
             raise InvalidPhoneNumber("Text messages cannot be sent to that country.")
