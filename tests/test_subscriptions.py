@@ -319,7 +319,8 @@ async def test_p5_l5_the_waiting_client_hears_when_its_methods_go(
     gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient, http_b: httpx.AsyncClient
 ) -> None:
     """The app's session logs out on B while a web login waits on A: the device goes, 2FA with
-    it (P7), and the web client hears at once that nothing is left to complete its login."""
+    it (P7), and the web client hears at once that its login ended: nothing is left to
+    complete it."""
     gateway_a, _ = gateways
     user = await prepare_user(http_a)
     challenge = await web_login(http_a, user)
@@ -334,7 +335,7 @@ async def test_p5_l5_the_waiting_client_hears_when_its_methods_go(
         assert (await data(http_b, "mutation { logout }", token=user.token))["logout"] is True
 
         update = await challenge_update(watch)
-        assert (update["status"], update["methods"]) == ("PENDING", [])
+        assert (update["status"], update["methods"]) == ("EXPIRED", [])
 
 
 async def test_p5_p3_expired_reaches_the_web_subscription_and_the_worker_expires_the_request(

@@ -133,6 +133,13 @@ async def narrow_pending(
     for challenge in await pending:
         kept = [method for method in challenge.methods if method in usable]
         if kept != challenge.methods:
-            await LoginChallenge.filter(id=challenge.id).update(methods=kept)
+            if kept:
+                await LoginChallenge.filter(id=challenge.id).update(methods=kept)
+            else:
+                # Nothing can complete it now (2FA went off with the last method): it ends at
+                # once, and the waiting page hears EXPIRED instead of waiting out its life.
+                await LoginChallenge.filter(id=challenge.id).update(
+                    methods=kept, status=ChallengeStatus.EXPIRED
+                )
             dropped[challenge.id] = set(challenge.methods) - set(kept)
     return dropped
