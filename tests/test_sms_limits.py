@@ -184,7 +184,17 @@ async def test_s7_login_code_refused_by_the_limits_queues_nothing(
     challenge = await log_in(services, user.username)
 
     assert await login_codes(services, challenge.id) == []
-    assert_rate_limited(await request_sms(services, challenge), 3600)
+    # The page is told when a code can come, not that one can be asked for now (API.md:
+    # smsRetryAfterSeconds is the retryAfter requestSmsCode would answer).
+    assert challenge.sms_retry_after is not None
+    assert 3500 <= challenge.sms_retry_after <= 3600
+    refused = await request_sms(services, challenge)
+    assert_rate_limited(refused, 3600)
+    assert isinstance(refused, RateLimited)
+    assert abs(refused.retry_after - challenge.sms_retry_after) <= 1
+    view = await services.login.view(str(challenge.id), challenge.token)
+    assert view.sms_retry_after is not None
+    assert abs(view.sms_retry_after - challenge.sms_retry_after) <= 1
     assert await login_codes(services, challenge.id) == []
     assert len(await messages_to(number)) == 1
 

@@ -20,9 +20,11 @@ def backoff_seconds(consecutive_failures: int) -> int:
 
 # Checks every window and counts in all of them only if none is full, atomically, so concurrent
 # callers cannot slip past a limit between the check and the count. It also answers the first
-# window's count before this event (a password check needs it).
+# window's count before this event (a password check needs it). With the last argument '1' it
+# only looks: the wait, and nothing counted.
 _RESERVE = """
 local wait = 0
+local look_only = ARGV[2 * #KEYS + 1] == '1'
 local first = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i, key in ipairs(KEYS) do
   local count = tonumber(redis.call('GET', key) or '0')
@@ -32,7 +34,7 @@ for i, key in ipairs(KEYS) do
     if ttl > wait then wait = ttl end
   end
 end
-if wait > 0 then return {wait, first} end
+if wait > 0 or look_only then return {wait, first} end
 for i, key in ipairs(KEYS) do
   if redis.call('INCR', key) == 1 then
     redis.call('EXPIRE', key, tonumber(ARGV[2 * i]))
@@ -73,8 +75,19 @@ class WindowCounter:
     async def reserve(self, windows: list[tuple[str, int, int]]) -> tuple[int, int]:
         """`admit_all`, also answering the first window's count before this event: (the
         seconds to wait, 0 when counted; that count)."""
+        return await self._run_reserve(windows, look_only=False)
+
+    async def wait(self, windows: list[tuple[str, int, int]]) -> int:
+        """The seconds until every window is under its limit (0: now), counting nothing."""
+        wait, _ = await self._run_reserve(windows, look_only=True)
+        return wait
+
+    async def _run_reserve(
+        self, windows: list[tuple[str, int, int]], *, look_only: bool
+    ) -> tuple[int, int]:
         keys = [f"{self._prefix}:{key}" for key, _, _ in windows]
         args = [str(v) for _, limit, window in windows for v in (limit, window)]
+        args.append("1" if look_only else "0")
         answer = await cast(
             Awaitable[list[int]], self._redis.eval(_RESERVE, len(keys), *keys, *args)
         )

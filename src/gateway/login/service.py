@@ -198,7 +198,7 @@ class LoginService:
                 await self._sms.start_challenge(
                     user_id, challenge.id, expires_at, client.ip_address, work
                 )
-            sms_retry = await self._sms.retry_after(challenge.id, expires_at)
+            sms_retry = await self._sms.retry_after(challenge.id, expires_at, user_id)
         match = request.match_number if request is not None else None
         return ChallengeView(
             challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry, match
@@ -224,7 +224,9 @@ class LoginService:
         match = None
         if status is ChallengeStatus.PENDING:
             if TwoFactorMethod.SMS in methods:
-                sms_retry = await self._sms.retry_after(challenge.id, challenge.expires_at)
+                sms_retry = await self._sms.retry_after(
+                    challenge.id, challenge.expires_at, challenge.user_id
+                )
             if TwoFactorMethod.PUSH in methods:
                 request = await self._push.request_for_challenge(challenge.id)
                 match = request.match_number if request is not None else None

@@ -216,14 +216,20 @@ class SmsService:
             raise RateLimited(wait, "Wait before asking for another code.")
         await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
 
-    async def retry_after(self, challenge_id: UUID, expires_at: datetime) -> int:
+    async def retry_after(self, challenge_id: UUID, expires_at: datetime, user_id: UUID) -> int:
         """Seconds before `requestSmsCode` may send again (0: now), the `retryAfter` it would
         answer otherwise: the cooldown after the last code, or, once the challenge has had
-        all its codes, the rest of its life."""
+        all its codes, the rest of its life; longer while an S7 send limit of the number or
+        the account is full (then no code went at login either, and the page must not
+        promise one)."""
         sent = await self._sent_at(challenge_id)
         if len(sent) >= self._max_sends:
             return self._seconds_until(expires_at, at_least=1)
-        return self._seconds_until(sent[0] + self._cooldown) if sent else 0
+        wait = self._seconds_until(sent[0] + self._cooldown) if sent else 0
+        number = await self.sms_ready_number(user_id)
+        if number is not None:
+            wait = max(wait, await self._guard.wait(phones.parse(number), user_id))
+        return wait
 
     async def _sent_at(self, challenge_id: UUID) -> list[datetime]:
         """When each code of the challenge was made, newest first."""
