@@ -199,6 +199,29 @@ async def test_h9_go_sends_the_first_code_when_none_was_sent(hooks: Webhooks) ->
     assert code_of(await attempt(services, challenge, SMS, code)) == SESSION
 
 
+async def test_h9_go_answers_the_newest_waiting_login_not_an_older_one(hooks: Webhooks) -> None:
+    """An older login still waits with its code; the user stopped SMS, logged in again (no
+    code: SMS paused) and texts GO while looking at the new login. Its code must come, not the
+    older login's, which would not complete it."""
+    services = hooks.services
+    user, number, _ = await sms_user(services)
+    older = await log_in(services, user.username)
+    (older_code,) = await login_codes(services, older.id)
+    reply_of(await hooks.inbound(number, "STOP"))
+    newer = await log_in(services, user.username)
+    assert newer.methods == [BACKUP]
+
+    reply_of(await hooks.inbound(number, "GO"))
+
+    (code,) = await login_codes(services, newer.id)
+    assert code != older_code
+    resent = (await messages_to(number))[-1]
+    assert resent.code_id == (await SmsCode.get(challenge_id=newer.id)).id
+    assert (await LoginChallenge.get(id=newer.id)).methods == ["SMS", "BACKUP_CODE"]
+    assert code_of(await attempt(services, newer, SMS, code)) == SESSION
+    assert await login_codes(services, older.id) == [older_code]  # untouched, still valid
+
+
 async def test_h9_go_without_a_waiting_challenge_only_resumes(hooks: Webhooks) -> None:
     _user, number, _ = await sms_user(hooks.services)
     reply_of(await hooks.inbound(number, "STOP"))

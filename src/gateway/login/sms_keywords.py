@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.core.clock import Clock, utc_now
+from gateway.core.events import challenge_channel
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import TwoFactorMethod, with_method
 from gateway.factors.sms import phones
@@ -81,8 +82,9 @@ class SmsKeywords:
         return REPLIES[keyword]
 
     async def _resend(self, number: str, work: UnitOfWork) -> None:
-        """H9: GO resends the latest unexpired code of a waiting challenge unchanged, or sends
-        the first one if none was sent."""
+        """H9: GO resends the latest unexpired code of the newest waiting challenge unchanged,
+        or sends its first one if none was sent: the user is looking at their newest login,
+        and a code of an older one would not complete it."""
         user_id = await self._sms.registered_number_user(number)
         if user_id is None:
             return
@@ -91,10 +93,11 @@ class SmsKeywords:
         ).order_by("-created_at")
         if not waiting:
             return
-        if await self._sms.resend_latest(number, [c.id for c in waiting], work):
-            return
         challenge = waiting[0]
+        if await self._sms.resend_latest(number, [challenge.id], work):
+            return
         if TwoFactorMethod.SMS.value not in challenge.methods:
             challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)
             await challenge.save(update_fields=["methods"])
+            work.signal(challenge_channel(challenge.id))  # the page now offers SMS
         await self._sms.start_challenge(user_id, challenge.id, challenge.expires_at, None, work)
