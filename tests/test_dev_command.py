@@ -22,29 +22,43 @@ def _free_port() -> int:
     return port
 
 
-def _valkey_pids() -> set[int]:
+def _valkey_pids(under: Path) -> set[int]:
+    """The valkey-servers whose files are under `under` (this test's own: its config file is
+    on the command line), whatever else runs on the machine."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"valkey-server" in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
+                command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+            if b"valkey-server" in command and str(under).encode() in command:
+                found.add(int(entry.name))
     return found
 
 
 async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group. The embedded server
+    must not take it too (it would die under the workers, which would then close without
+    Redis): `kanmon dev` stops it last, and leaves no socket directory behind."""
     port = _free_port()
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("KANMON_")}
-    env.update({"KANMON_PORT": str(port), "KANMON_DATA_DIR": str(tmp_path / "data")})
-    before = _valkey_pids()
+    env.update(
+        {
+            "KANMON_PORT": str(port),
+            "KANMON_DATA_DIR": str(tmp_path / "data"),
+            "TMPDIR": str(temporary),
+        }
+    )
     process = await asyncio.create_subprocess_exec(
         str(KANMON),
         "dev",
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, as a shell job is
     )
     assert process.stdout is not None
     try:
@@ -55,7 +69,7 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
                 assert line, "kanmon dev exited before serving"
                 banner = line.decode()
         assert f"http://127.0.0.1:{port}/graphql" in banner
-        assert _valkey_pids() - before, "no embedded server was started"
+        assert _valkey_pids(temporary), "no embedded server was started"
 
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             ready = await http.get("/readyz")
@@ -73,8 +87,12 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
             assert "graphiql" in ide.text.lower()
         assert (tmp_path / "data" / "kanmon.sqlite3").exists()
     finally:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         async with asyncio.timeout(30):
             rest, _ = await process.communicate()
-    assert process.returncode == 0, rest.decode(errors="replace")[-4000:]
-    assert not (_valkey_pids() - before), "the embedded server outlived kanmon dev"
+    output = rest.decode(errors="replace")
+    assert process.returncode == 0, output[-4000:]
+    assert "without Redis" not in output, output[-4000:]
+    assert "lost Redis" not in output, output[-4000:]
+    assert not _valkey_pids(temporary), "the embedded server outlived kanmon dev"
+    assert list(temporary.iterdir()) == [], "the embedded server's directory was left behind"

