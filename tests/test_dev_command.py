@@ -86,6 +86,22 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
             ide = await http.get("/graphql", headers={"accept": "text/html"})
             assert "graphiql" in ide.text.lower()
         assert (tmp_path / "data" / "kanmon.sqlite3").exists()
+
+        # The operator's commands reach the running system through the settings it shares.
+        shared = (tmp_path / "data" / "dev.env").read_text().split()
+        assert "KANMON_ENV=development" in shared
+        admin_env = {**env, **dict(line.split("=", 1) for line in shared)}
+        admin = await asyncio.create_subprocess_exec(
+            str(KANMON),
+            "admin",
+            "queues",
+            env=admin_env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(60):
+            report, _ = await admin.communicate()
+        assert admin.returncode == 0, report.decode(errors="replace")
     finally:
         os.killpg(process.pid, signal.SIGINT)
         async with asyncio.timeout(30):
@@ -96,3 +112,4 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
     assert "lost Redis" not in output, output[-4000:]
     assert not _valkey_pids(temporary), "the embedded server outlived kanmon dev"
     assert list(temporary.iterdir()) == [], "the embedded server's directory was left behind"
+    assert not (tmp_path / "data" / "dev.env").exists()

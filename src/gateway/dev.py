@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -64,12 +65,26 @@ async def run_dev(settings: Settings) -> int:
         embedded, url = start_embedded_redis()
         settings = settings.model_copy(update={"redis_url": url})
         log.info("embedded Redis-compatible server started")
+    shared = _write_shared_settings(settings, with_redis=embedded is not None)
     try:
         await apply_migrations(settings.resolved_database_url())
         return await _serve_all(settings)
     finally:
+        shared.unlink(missing_ok=True)
         if embedded is not None:
             embedded.stop()
+
+
+def _write_shared_settings(settings: Settings, *, with_redis: bool) -> Path:
+    """`kanmon admin`, `kanmon worker --check` and a second worker need this system's settings
+    while it runs: development (the key under the data directory) and the embedded server's
+    socket, which no one could otherwise guess. `env $(cat data/dev.env) kanmon admin queues`."""
+    path = settings.data_dir / "dev.env"
+    lines = ["KANMON_ENV=development"]
+    if with_redis:
+        lines.append(f"KANMON_REDIS_URL={settings.redis_url}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 async def _serve_all(settings: Settings) -> int:
@@ -98,6 +113,10 @@ async def _serve_all(settings: Settings) -> int:
         if server.started:
             url = f"http://{settings.host}:{settings.port}/graphql"
             print(f"Kanmon is running. GraphiQL: {url}  (Ctrl-C stops)", flush=True)
+            print(
+                f"Other kanmon commands against it: env $(cat {settings.data_dir}/dev.env) ...",
+                flush=True,
+            )
         await serving
     finally:
         for worker in workers:
