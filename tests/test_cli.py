@@ -183,6 +183,11 @@ def test_w1_ctrl_c_stops_serve_and_its_processes_in_order(
             os.killpg(serve.pid, signal.SIGKILL)
     assert serve.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
+    # Each process said where it listens (uvicorn's own line is below the operator's level).
+    listening = [json.loads(line) for line in output.splitlines() if "gateway listening" in line]
+    assert len(listening) == 2, output[-3000:]
+    assert {entry["url"] for entry in listening} == {f"http://127.0.0.1:{port}/graphql"}
+    assert len({entry["pid"] for entry in listening}) == 2
 
 
 def ready(port: int) -> bool:

@@ -10,6 +10,7 @@ every process's orderly shutdown.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import shutil
@@ -28,6 +29,8 @@ from prometheus_client import multiprocess
 from gateway.graphql.limits import MAX_BODY_BYTES
 
 APP = "gateway.asgi:app_from_environment"
+
+log = logging.getLogger("kanmon.serve")
 # Every gateway server, `kanmon serve` and `kanmon dev` alike: no per-message compression (its
 # buffers cost every open socket memory), and the HTTP body limit for websocket messages too.
 WEBSOCKET_OPTIONS: dict[str, Any] = {"ws_per_message_deflate": False, "ws_max_size": MAX_BODY_BYTES}
@@ -65,6 +68,15 @@ def _config(host: str, port: int) -> uvicorn.Config:
 class GracefulServer(uvicorn.Server):
     """On SIGTERM, websocket clients hear "going away" (1001) and reconnect elsewhere, instead
     of uvicorn's abrupt close when its grace period runs out."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # uvicorn's own line is below the log level an operator runs
+            config = self.config
+            log.info(
+                "gateway listening",
+                extra={"url": f"http://{config.host}:{config.port}/graphql", "pid": os.getpid()},
+            )
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         from gateway.app import close_websockets
