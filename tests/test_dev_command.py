@@ -109,6 +109,7 @@ async def test_w2_dev_runs_the_whole_system_and_stops_cleanly(tmp_path: Path) ->
     output = rest.decode(errors="replace")
     assert process.returncode == 0, output[-4000:]
     assert "without Redis" not in output, output[-4000:]
+    assert '"level": "ERROR"' not in output, output[-4000:]
     assert "lost Redis" not in output, output[-4000:]
     assert not _valkey_pids(temporary), "the embedded server outlived kanmon dev"
     assert list(temporary.iterdir()) == [], "the embedded server's directory was left behind"

@@ -226,3 +226,30 @@ async def test_s4_enqueue_survives_redis_forgetting_its_scripts(
     )
     await redis.script_flush()  # and the workers' claim script too
     assert await run_worker(settings, QUEUE_MAINTENANCE) == 2
+
+
+async def test_w1_a_job_that_ends_cancelled_does_not_stop_the_worker_closing(
+    settings: Settings,
+) -> None:
+    """Stopping cancels the running jobs. One cancelled outside its function (in arq's own
+    bookkeeping after it) ends in CancelledError, which arq's close let escape: the shutdown
+    hook and the pool's close were skipped, and `kanmon dev` exited 1 after Ctrl-C."""
+    options = worker_options(settings, QUEUE_MAINTENANCE)
+    hook = options["on_shutdown"]
+    shut_down: list[bool] = []
+
+    async def on_shutdown(ctx: dict[str, object]) -> None:
+        shut_down.append(True)
+        await hook(ctx)
+
+    options["on_shutdown"] = on_shutdown
+    worker = KanmonWorker(**options, burst=True, handle_signals=False)
+    worker.cron_jobs = []
+    await worker.main()  # started up; its queue drained
+    worker.tasks["in arq's bookkeeping"] = asyncio.create_task(asyncio.Event().wait())
+
+    await worker.close()
+
+    assert shut_down == [True]
+    await worker.close()  # a second close does nothing
+    assert shut_down == [True]

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,26 @@ log = logging.getLogger("kanmon.dev")
 
 
 class _AnnouncingServer(GracefulServer):
-    """Sets `listening` once the socket is bound, so the banner never precedes the server."""
+    """Sets `listening` once the socket is bound, so the banner never precedes the server; on
+    the way out, runs `before_shutdown` first: the workers share the gateway's database, which
+    its shutdown closes, and a cron job running in between failed with "DB configuration not
+    initialised"."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(
+        self, config: uvicorn.Config, before_shutdown: Callable[[], Awaitable[None]]
+    ) -> None:
         super().__init__(config)
         self.listening = asyncio.Event()
+        self._before_shutdown = before_shutdown
 
     async def startup(self, sockets: list[Any] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
             self.listening.set()
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        await self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -98,12 +109,18 @@ async def _serve_all(settings: Settings) -> int:
         **WEBSOCKET_OPTIONS,
         log_level="info",
     )
-    server = _AnnouncingServer(config)
     workers = [
         KanmonWorker(**worker_options(settings, q), handle_signals=False)
         for q in QUEUES
         if functions_for(q)
     ]
+
+    async def stop_workers() -> None:
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.close()
+
+    server = _AnnouncingServer(config, before_shutdown=stop_workers)
     tasks = [asyncio.create_task(w.async_run()) for w in workers]
     serving = asyncio.create_task(server.serve())
     try:
@@ -119,9 +136,7 @@ async def _serve_all(settings: Settings) -> int:
             )
         await serving
     finally:
-        for worker in workers:
-            with contextlib.suppress(Exception):
-                await worker.close()
+        await stop_workers()  # done already unless the server failed to start
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

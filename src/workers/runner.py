@@ -12,7 +12,9 @@ when arq's own changes, so an upgrade is reviewed."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
@@ -38,11 +40,26 @@ class KanmonWorker(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._claim: AsyncScript | None = None
+        self._closed = False
 
     async def close(self) -> None:
         """arq removes its health key before `on_shutdown`: with Redis gone (often why the
         worker stops) that raises first, the hook never runs, and an open SQLite connection's
-        thread then keeps the process from exiting. The hook runs regardless."""
+        thread then keeps the process from exiting. The hook runs regardless.
+
+        arq's close also cancels the running jobs, then gathers them without
+        return_exceptions: a job cancelled outside its function (in arq's shielded
+        `finish_job`) ends in CancelledError, which that gather raised, skipping the hook and
+        the pool's close; `kanmon dev` then exited 1 after Ctrl-C when started with SIGINT
+        ignored (CI, background jobs). The jobs are cancelled and awaited here first, so arq's
+        gather finds none left. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)  # what arq's close does first
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
         try:
             await super().close()
         except RedisError:
