@@ -476,6 +476,31 @@ async def test_l3_a_burst_of_parallel_wrong_passwords_gets_exactly_the_limit_che
         assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
 
 
+async def test_l3_a_window_full_only_of_checks_in_flight_asks_for_a_second_not_its_life(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """Checks still waiting for argon2 hold their place toward the limit, but say nothing yet
+    about the password: the answer is "retry in a second", and once they turn out right the
+    place is free again. Only failures close the window for its whole life."""
+    services = make_services(login_failures_per_account=2)
+    guard = services.accounts.guard
+    key = username.casefold()
+    first = await guard.check(key, None)
+    second = await guard.check(key, None)
+    with pytest.raises(RateLimited) as in_flight:
+        await guard.check(key, None)
+    assert in_flight.value.retry_after == 1
+    await guard.succeeded(first)
+    await guard.succeeded(second)
+
+    for _ in range(2):
+        await guard.failed(await guard.check(key, None))
+    with pytest.raises(RateLimited) as full:
+        await guard.check(key, None)
+    window = services.settings.login_failure_window_seconds
+    assert window - 5 <= full.value.retry_after <= window
+
+
 async def test_l3_a3_parallel_reauthenticate_guesses_get_exactly_the_limit_checked(
     make_services: Callable[..., Services], username: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
@@ -64,13 +65,27 @@ def validate_password_shape(password: str) -> None:
         raise BadUserInput(f"Passwords have {MIN_PASSWORD} to {MAX_PASSWORD} characters.")
 
 
+@dataclass(frozen=True)
+class PasswordAttempt:
+    """One password check in flight, for `PasswordGuard` to close."""
+
+    account_key: str
+    ip_address: str | None
+    id: str
+    earlier_failures: int
+
+
 class PasswordGuard:
     """L3: wrong passwords are throttled per account and per IP in short Redis windows.
 
-    Every password check is counted as a failure before argon2 runs, in one atomic step with
-    the limit check, and taken back once the password proves right. A read-only check followed
-    by a count after the hash let a burst of parallel guesses all pass the check before the
-    first failure was counted (60 sent at once were all tried against the hash)."""
+    A check starts, atomically with the limit check, as an attempt in flight that counts
+    toward the limit until argon2 has answered; it then ends as a failure or not. A read-only
+    check followed by a count after the hash let a burst of parallel guesses all pass before
+    the first failure was counted (60 sent at once were all tried against the hash). A window
+    full only of attempts in flight answers RATE_LIMITED for a second, not its whole life."""
+
+    # An attempt whose process died before ending it stops counting after this.
+    IN_FLIGHT_SECONDS = 30
 
     def __init__(self, counter: WindowCounter, per_account: int, per_ip: int, window: int) -> None:
         self._counter = counter
@@ -84,25 +99,33 @@ class PasswordGuard:
             keys.append(f"pw:ip:{ip_address}")
         return keys
 
-    async def check(self, account_key: str, ip_address: str | None) -> int:
-        """Raises RATE_LIMITED while either window is full (counting nothing); else counts
-        this attempt as a failure in both and answers the account's earlier wrong passwords,
-        which `succeeded` needs to know whether there is anything to clear."""
-        limits = [self._per_account, self._per_ip]
-        windows = [
-            (key, limit, self._window)
-            for key, limit in zip(self._keys(account_key, ip_address), limits, strict=False)
-        ]
-        wait, seen = await self._counter.reserve(windows)
+    async def check(self, account_key: str, ip_address: str | None) -> PasswordAttempt:
+        """Raises RATE_LIMITED while either window is full (counting nothing); else the
+        attempt, which the caller ends with `succeeded` or `failed`."""
+        keys = self._keys(account_key, ip_address)
+        windows = list(zip(keys, [self._per_account, self._per_ip], strict=False))
+        attempt_id = secrets.token_hex(8)
+        wait, earlier = await self._counter.begin_attempt(
+            windows, attempt_id, self.IN_FLIGHT_SECONDS
+        )
         if wait:
             raise RateLimited(wait)
-        return seen
+        return PasswordAttempt(account_key, ip_address, attempt_id, earlier)
 
-    async def succeeded(self, account_key: str, ip_address: str | None, seen_failures: int) -> None:
-        """Takes back the failure `check` counted; a right password also clears the account's
-        earlier wrong ones (when `check` saw some)."""
-        await self._counter.release(
-            self._keys(account_key, ip_address), clear_first=seen_failures > 0
+    async def succeeded(self, attempt: PasswordAttempt) -> None:
+        """A right password also clears the account's earlier wrong ones."""
+        await self._end(attempt, failed=False, clear=attempt.earlier_failures > 0)
+
+    async def failed(self, attempt: PasswordAttempt) -> None:
+        await self._end(attempt, failed=True, clear=False)
+
+    async def _end(self, attempt: PasswordAttempt, *, failed: bool, clear: bool) -> None:
+        await self._counter.end_attempt(
+            self._keys(attempt.account_key, attempt.ip_address),
+            attempt.id,
+            failed=failed,
+            clear_first=clear,
+            window_seconds=self._window,
         )
 
 
@@ -198,12 +221,13 @@ class AccountService:
     async def reauthenticate(self, session: Session, password: str, ip_address: str | None) -> None:
         """A3: proving the password again opens the recent-authentication window."""
         user = session.user
-        seen_failures = await self.guard.check(user.username_key, ip_address)
+        attempt = await self.guard.check(user.username_key, ip_address)
         if len(password) > MAX_PASSWORD or not await self.passwords.verify(
             user.password_hash, password
         ):
+            await self.guard.failed(attempt)
             raise InvalidCredentials("The password is incorrect.")
-        await self.guard.succeeded(user.username_key, ip_address, seen_failures)
+        await self.guard.succeeded(attempt)
         await Session.filter(id=session.id).update(password_verified_at=self._clock())
 
     def require_recent_auth(self, session: Session) -> None:

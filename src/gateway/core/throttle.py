@@ -19,13 +19,11 @@ def backoff_seconds(consecutive_failures: int) -> int:
 
 
 # Checks every window and counts in all of them only if none is full, atomically, so concurrent
-# callers cannot slip past a limit between the check and the count. It also answers the first
-# window's count before this event (a password check needs it). With the last argument '1' it
-# only looks: the wait, and nothing counted.
-_RESERVE = """
+# callers cannot slip past a limit between the check and the count. With the last argument '1'
+# it only looks: the wait, and nothing counted.
+_ADMIT = """
 local wait = 0
 local look_only = ARGV[2 * #KEYS + 1] == '1'
-local first = tonumber(redis.call('GET', KEYS[1]) or '0')
 for i, key in ipairs(KEYS) do
   local count = tonumber(redis.call('GET', key) or '0')
   if count >= tonumber(ARGV[2 * i - 1]) then
@@ -34,26 +32,60 @@ for i, key in ipairs(KEYS) do
     if ttl > wait then wait = ttl end
   end
 end
-if wait > 0 or look_only then return {wait, first} end
+if wait > 0 or look_only then return wait end
 for i, key in ipairs(KEYS) do
   if redis.call('INCR', key) == 1 then
     redis.call('EXPIRE', key, tonumber(ARGV[2 * i]))
   end
 end
+return 0
+"""
+
+# Password attempts (L3): KEYS are, per window, its failure counter and its set of attempts in
+# flight (scored by start time in ms). An attempt starts only if the failures and the attempts
+# in flight together are under the limit, so parallel guesses cannot all pass before the first
+# failure is counted; a window full only of attempts in flight answers 1 s, not its whole life.
+# Attempts older than ARGV[n+1] ms are dropped (their process died before it could say).
+# ARGV: the n limits, the in-flight lifetime in ms, the attempt's id.
+_BEGIN_ATTEMPT = """
+local n = #KEYS / 2
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local lifetime = tonumber(ARGV[n + 1])
+local first = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wait = 0
+for i = 1, n do
+  redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now_ms - lifetime)
+  local failures = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
+  local limit = tonumber(ARGV[i])
+  if failures >= limit then
+    local ttl = redis.call('TTL', KEYS[2 * i - 1])
+    if ttl < 1 then ttl = 1 end
+    if ttl > wait then wait = ttl end
+  elseif failures + redis.call('ZCARD', KEYS[2 * i]) >= limit then
+    if wait < 1 then wait = 1 end
+  end
+end
+if wait > 0 then return {wait, first} end
+for i = 1, n do
+  redis.call('ZADD', KEYS[2 * i], now_ms, ARGV[n + 2])
+  redis.call('PEXPIRE', KEYS[2 * i], lifetime)
+end
 return {0, first}
 """
 
-# Takes back one event from each window that still counts one; a window that expired meanwhile
-# is left alone (a decrement would recreate it without an expiry). ARGV[1] = 1 empties the
-# first window instead.
-_RELEASE = """
-for i, key in ipairs(KEYS) do
-  if i == 1 and ARGV[1] == '1' then
-    redis.call('DEL', key)
-  elseif tonumber(redis.call('GET', key) or '0') > 0 then
-    redis.call('DECR', key)
+# The attempt ends: out of flight, and counted as a failure in every window when ARGV[2] is
+# '1'; ARGV[3] = '1' empties the first window's failures (a right password). ARGV[1] is the
+# attempt's id, ARGV[4] the windows' length in seconds.
+_END_ATTEMPT = """
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('ZREM', KEYS[2 * i], ARGV[1])
+  if ARGV[2] == '1' and redis.call('INCR', KEYS[2 * i - 1]) == 1 then
+    redis.call('EXPIRE', KEYS[2 * i - 1], tonumber(ARGV[4]))
   end
 end
+if ARGV[3] == '1' then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -69,34 +101,47 @@ class WindowCounter:
     async def admit_all(self, windows: list[tuple[str, int, int]]) -> int:
         """Counts one event in every (key, limit, window_seconds) if all are under their limit;
         otherwise counts nothing and returns the seconds until the fullest one reopens."""
-        wait, _ = await self.reserve(windows)
-        return wait
-
-    async def reserve(self, windows: list[tuple[str, int, int]]) -> tuple[int, int]:
-        """`admit_all`, also answering the first window's count before this event: (the
-        seconds to wait, 0 when counted; that count)."""
-        return await self._run_reserve(windows, look_only=False)
+        return await self._admit(windows, look_only=False)
 
     async def wait(self, windows: list[tuple[str, int, int]]) -> int:
         """The seconds until every window is under its limit (0: now), counting nothing."""
-        wait, _ = await self._run_reserve(windows, look_only=True)
-        return wait
+        return await self._admit(windows, look_only=True)
 
-    async def _run_reserve(
-        self, windows: list[tuple[str, int, int]], *, look_only: bool
-    ) -> tuple[int, int]:
+    async def _admit(self, windows: list[tuple[str, int, int]], *, look_only: bool) -> int:
         keys = [f"{self._prefix}:{key}" for key, _, _ in windows]
         args = [str(v) for _, limit, window in windows for v in (limit, window)]
         args.append("1" if look_only else "0")
+        wait = await cast(Awaitable[int], self._redis.eval(_ADMIT, len(keys), *keys, *args))
+        return int(wait)
+
+    async def begin_attempt(
+        self, windows: list[tuple[str, int]], attempt_id: str, lifetime_seconds: int
+    ) -> tuple[int, int]:
+        """For (key, limit) failure windows: starts the attempt unless failures and attempts
+        in flight fill one. Returns (seconds to wait, 0 when started; the first window's
+        failures so far)."""
+        keys = self._attempt_keys([key for key, _ in windows])
+        args = [str(limit) for _, limit in windows] + [str(lifetime_seconds * 1000), attempt_id]
         answer = await cast(
-            Awaitable[list[int]], self._redis.eval(_RESERVE, len(keys), *keys, *args)
+            Awaitable[list[int]], self._redis.eval(_BEGIN_ATTEMPT, len(keys), *keys, *args)
         )
         return int(answer[0]), int(answer[1])
 
-    async def release(self, keys: list[str], *, clear_first: bool = False) -> None:
-        """Takes back what `reserve` counted in `keys`; `clear_first` empties the first."""
-        full_keys = [f"{self._prefix}:{key}" for key in keys]
+    async def end_attempt(
+        self,
+        keys: list[str],
+        attempt_id: str,
+        *,
+        failed: bool,
+        clear_first: bool,
+        window_seconds: int,
+    ) -> None:
+        full_keys = self._attempt_keys(keys)
+        flags = ["1" if failed else "0", "1" if clear_first else "0"]
+        args = [attempt_id, *flags, str(window_seconds)]
         await cast(
-            Awaitable[int],
-            self._redis.eval(_RELEASE, len(full_keys), *full_keys, "1" if clear_first else "0"),
+            Awaitable[int], self._redis.eval(_END_ATTEMPT, len(full_keys), *full_keys, *args)
         )
+
+    def _attempt_keys(self, keys: list[str]) -> list[str]:
+        return [f"{self._prefix}:{key}{suffix}" for key in keys for suffix in ("", ":inflight")]

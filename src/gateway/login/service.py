@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 from gateway.accounts.models import User
-from gateway.accounts.service import AccountService, Client, IssuedSession
+from gateway.accounts.service import AccountService, Client, IssuedSession, PasswordAttempt
 from gateway.core import audit
 from gateway.core import code_throttle as throttle
 from gateway.core.clock import Clock, utc_now
@@ -65,9 +65,8 @@ LoginResult = IssuedSession | ChallengeView
 class PasswordCheck:
     """`check_password`'s findings, for `finish_login`."""
 
-    key: str
     password: str = field(repr=False)
-    seen_failures: int
+    attempt: PasswordAttempt
     candidate: tuple[User, MethodSummary] | None
     password_ok: bool
 
@@ -120,25 +119,25 @@ class LoginService:
         if len(username) > 64 or len(password) > MAX_PASSWORD_LENGTH:
             raise BadUserInput("Username or password too long.")
         key = username.casefold()
-        seen_failures = await self._accounts.guard.check(key, client.ip_address)
+        attempt = await self._accounts.guard.check(key, client.ip_address)
         candidate = await store.login_candidate(key)
         password_ok = await self._accounts.passwords.verify(
             candidate[0].password_hash if candidate else None, password
         )
-        return PasswordCheck(key, password, seen_failures, candidate, password_ok)
+        return PasswordCheck(password, attempt, candidate, password_ok)
 
     async def finish_login(
         self, checked: PasswordCheck, client: Client, work: UnitOfWork
     ) -> Outcome[LoginResult]:
         """What the password check leads to, in the unit of work: a session, a challenge, or
         the failure counted and audited."""
-        key = checked.key
-        if checked.candidate is None:  # counted as a failure by the throttle's check
+        if checked.candidate is None:
+            await self._accounts.guard.failed(checked.attempt)
             return Outcome(error=InvalidCredentials())
         user, summary = checked.candidate
         if not checked.password_ok:
             if await self._temporary.consume(user.id, checked.password):
-                await self._accounts.guard.succeeded(key, client.ip_address, checked.seen_failures)
+                await self._accounts.guard.succeeded(checked.attempt)
                 await audit.record(
                     user.id,
                     "login.succeeded",
@@ -148,11 +147,12 @@ class LoginService:
                 # L6, A3: a temporary password is not the account password.
                 session = await self._accounts.issue_session(user.id, client, password_proved=False)
                 return Outcome(value=session)
+            await self._accounts.guard.failed(checked.attempt)
             await audit.record(
                 user.id, "login.failed", detail="password", ip_address=client.ip_address
             )
             return Outcome(error=InvalidCredentials())
-        await self._accounts.guard.succeeded(key, client.ip_address, checked.seen_failures)
+        await self._accounts.guard.succeeded(checked.attempt)
         if not user.two_factor_enabled:
             await audit.record(
                 user.id, "login.succeeded", detail="password", ip_address=client.ip_address
