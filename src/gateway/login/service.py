@@ -195,10 +195,12 @@ class LoginService:
         if TwoFactorMethod.SMS in methods:
             if request is None:
                 # ...otherwise SMS is the primary method: its first code goes now.
-                await self._sms.start_challenge(
+                number = await self._sms.start_challenge(
                     user_id, challenge.id, expires_at, client.ip_address, work
                 )
-            sms_retry = await self._sms.retry_after(challenge.id, expires_at, user_id)
+            else:
+                number = await self._sms.sms_ready_number(user_id)
+            sms_retry = await self._sms.retry_after(challenge.id, expires_at, user_id, number)
         match = request.match_number if request is not None else None
         return ChallengeView(
             challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry, match
@@ -224,8 +226,9 @@ class LoginService:
         match = None
         if status is ChallengeStatus.PENDING:
             if TwoFactorMethod.SMS in methods:
+                number = await self._sms.sms_ready_number(challenge.user_id)
                 sms_retry = await self._sms.retry_after(
-                    challenge.id, challenge.expires_at, challenge.user_id
+                    challenge.id, challenge.expires_at, challenge.user_id, number
                 )
             if TwoFactorMethod.PUSH in methods:
                 request = await self._push.request_for_challenge(challenge.id)

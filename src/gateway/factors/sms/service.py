@@ -4,6 +4,7 @@ to send and writes it, with its outbox row, in the caller's transaction."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -184,17 +185,16 @@ class SmsService:
         expires_at: datetime,
         ip: str | None,
         work: UnitOfWork,
-    ) -> bool:
+    ) -> str | None:
         """L4: the first code goes at once (S7 still applies; a refusal leaves the challenge to
-        the other methods and to `requestSmsCode`)."""
+        the other methods and to `requestSmsCode`). Returns the number it was for (None: no
+        phone can receive SMS), sent or refused, for `retry_after`."""
         number = await self.sms_ready_number(user_id)
         if number is None:
-            return False
-        try:
+            return None
+        with contextlib.suppress(RateLimited, InvalidPhoneNumber):
             await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
-        except (RateLimited, InvalidPhoneNumber):
-            return False
-        return True
+        return number
 
     async def request_code(
         self,
@@ -216,17 +216,18 @@ class SmsService:
             raise RateLimited(wait, "Wait before asking for another code.")
         await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
 
-    async def retry_after(self, challenge_id: UUID, expires_at: datetime, user_id: UUID) -> int:
+    async def retry_after(
+        self, challenge_id: UUID, expires_at: datetime, user_id: UUID, number: str | None
+    ) -> int:
         """Seconds before `requestSmsCode` may send again (0: now), the `retryAfter` it would
         answer otherwise: the cooldown after the last code, or, once the challenge has had
-        all its codes, the rest of its life; longer while an S7 send limit of the number or
-        the account is full (then no code went at login either, and the page must not
-        promise one)."""
+        all its codes, the rest of its life; longer while an S7 send limit of `number` (the
+        user's `sms_ready_number`) or of the account is full (then no code went at login
+        either, and the page must not promise one)."""
         sent = await self._sent_at(challenge_id)
         if len(sent) >= self._max_sends:
             return self._seconds_until(expires_at, at_least=1)
         wait = self._seconds_until(sent[0] + self._cooldown) if sent else 0
-        number = await self.sms_ready_number(user_id)
         if number is not None:
             wait = max(wait, await self._guard.wait(phones.parse(number), user_id))
         return wait
