@@ -142,9 +142,15 @@ def username() -> str:
     return f"user_{secrets.token_hex(6)}"
 
 
-async def run_worker(settings: Settings, queue: str) -> int:
-    """Runs one real arq worker in burst mode until its queue is empty; returns jobs completed."""
-    worker = KanmonWorker(**worker_options(settings, queue), burst=True, handle_signals=False)
+async def run_worker(settings: Settings, queue: str, *, max_jobs: int = -1) -> int:
+    """Runs one real arq worker in burst mode until its queue is empty (or it has started
+    `max_jobs`: a retry a job asks for then stays deferred); returns jobs completed."""
+    worker = KanmonWorker(
+        **worker_options(settings, queue),
+        burst=True,
+        handle_signals=False,
+        max_burst_jobs=max_jobs,
+    )
     worker.cron_jobs = []
     try:
         await worker.main()

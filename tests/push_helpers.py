@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +25,7 @@ from gateway.container import Services
 from gateway.core.audit import SecurityEvent
 from gateway.core.outbox import OutboxMessage
 from gateway.factors.push.models import LoginRequest
+from tests.fakes.fcm import FakeFcm
 from tests.graphql_client import PASSWORD, data, gql
 
 OK = "OK"
@@ -381,3 +383,12 @@ async def api(services: Services, ip: str | None = None) -> AsyncIterator[httpx.
     transport = httpx.ASGITransport(app=app, client=(ip or random_ip(), 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+def fcm_overrides(fcm: FakeFcm, directory: Path, project_id: str | None = None) -> dict[str, Any]:
+    """Settings that point the push worker at `fcm`, with its service account in `directory`."""
+    return {
+        "fcm_credentials": fcm.write_service_account(directory / "service-account.json"),
+        "fcm_endpoint": fcm.endpoint,
+        "fcm_project_id": project_id or fcm.project_id,
+    }

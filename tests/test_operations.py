@@ -69,8 +69,8 @@ from tests.graphql_client import (
     gql,
     sign_up,
 )
+from tests.push_helpers import fcm_overrides, push_account
 from tests.push_helpers import login as push_login
-from tests.push_helpers import push_account
 from tests.sms_helpers import domain_user, fresh_number, random_ip
 from tests.ws_client import graphql_socket
 from workers.settings import SMS_JOB_TIMEOUT
@@ -676,13 +676,7 @@ async def test_o3_metrics_exposes_the_named_series(
 
     # A push fan-out to one device through FakeFcm.
     await run_worker(settings, "push")  # jobs other tests left, without FCM
-    fcm_settings = settings.model_copy(
-        update={
-            "fcm_credentials": fcm.write_service_account(tmp_path / "service-account.json"),
-            "fcm_endpoint": fcm.endpoint,
-            "fcm_project_id": fcm.project_id,
-        }
-    )
+    fcm_settings = settings.model_copy(update=fcm_overrides(fcm, tmp_path))
     account = await push_account(client)
     await push_login(client, account.username)
     pushes_before, _ = await scrape(client)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 from uuid import UUID, uuid4
 
 import pytest
@@ -25,9 +26,8 @@ from gateway.factors.push.models import LoginRequest, PushSend
 from gateway.settings import Settings
 from tests.conftest import FAST_PASSWORDS, run_worker
 from tests.fakes.fcm import QUOTA_EXCEEDED, FakeFcm
-from tests.push_helpers import api, login, push_account, unique_push_token
+from tests.push_helpers import api, fcm_overrides, login, push_account, unique_push_token
 from workers.redrive import REDRIVE_AFTER, redrive_lost_jobs
-from workers.runner import KanmonWorker
 from workers.settings import JOB_OUTBOX_REDRIVE, worker_options
 
 
@@ -123,90 +123,90 @@ def test_s4_the_maintenance_worker_runs_the_redrive_every_minute(settings: Setti
     assert crons[JOB_OUTBOX_REDRIVE].second == {45}
 
 
-async def test_s4_p2_a_fan_out_redis_lost_after_dispatch_is_redriven_and_pushed_once(
+class LossyPush(NamedTuple):
+    """The real services with FCM pointed at a fake, on a Redis of the test's own."""
+
+    fcm: FakeFcm
+    settings: Settings
+    services: Services
+    redis: ArqRedis
+
+
+@pytest.fixture
+async def lossy_push(
     settings: Settings, lossy_redis: tuple[str, ArqRedis], tmp_path: Path
-) -> None:
+) -> AsyncIterator[LossyPush]:
     url, client = lossy_redis
     async with FakeFcm(project_id="kanmon-test") as fcm:
-        custom = settings.model_copy(
-            update={
-                "redis_url": url,
-                "fcm_credentials": fcm.write_service_account(tmp_path / "service-account.json"),
-                "fcm_endpoint": fcm.endpoint,
-                "fcm_project_id": fcm.project_id,
-            }
-        )
+        custom = settings.model_copy(update={"redis_url": url, **fcm_overrides(fcm, tmp_path)})
         services = build_services(custom, client, passwords=FAST_PASSWORDS)
         try:
-            async with api(services) as http:
-                account = await push_account(http)
-                challenge = await login(http, account.username)
-            request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
-            job_key = job_key_prefix + str(request.id)
-            assert await client.exists(job_key)
-
-            await client.flushdb()  # this test's own server only
-            assert await run_worker(custom, "push") == 0
-            await redrive_lost_jobs(services)
-            assert not await client.exists(job_key), "too soon after dispatch"
-
-            then = utc_now() - REDRIVE_AFTER - timedelta(minutes=1)
-            await LoginRequest.filter(id=request.id).update(created_at=then)
-            await OutboxMessage.filter(id=request.id).update(dispatched_at=then)
-            await redrive_lost_jobs(services)
-            assert await client.exists(job_key)
-            await redrive_lost_jobs(services)  # queued: arq refuses a second copy
-            assert await run_worker(custom, "push") >= 1
-            # Its sends are recorded (and its result is kept): never again.
-            await redrive_lost_jobs(services)
-            assert not await client.exists(job_key)
-            await run_worker(custom, "push")
+            yield LossyPush(fcm, custom, services, client)
         finally:
             await services.close()
+
+
+async def dispatched_long_ago(request: LoginRequest) -> None:
+    """Moves the request and its fan-out's outbox row past the re-drive's quiet time."""
+    then = utc_now() - REDRIVE_AFTER - timedelta(minutes=1)
+    await LoginRequest.filter(id=request.id).update(created_at=then)
+    await OutboxMessage.filter(id=request.id).update(dispatched_at=then)
+
+
+async def test_s4_p2_a_fan_out_redis_lost_after_dispatch_is_redriven_and_pushed_once(
+    lossy_push: LossyPush,
+) -> None:
+    fcm, custom, services, client = lossy_push
+    async with api(services) as http:
+        account = await push_account(http)
+        challenge = await login(http, account.username)
+    request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+    job_key = job_key_prefix + str(request.id)
+    assert await client.exists(job_key)
+
+    await client.flushdb()  # this test's own server only
+    assert await run_worker(custom, "push") == 0
+    await redrive_lost_jobs(services)
+    assert not await client.exists(job_key), "too soon after dispatch"
+
+    await dispatched_long_ago(request)
+    await redrive_lost_jobs(services)
+    assert await client.exists(job_key)
+    await redrive_lost_jobs(services)  # queued: arq refuses a second copy
+    assert await run_worker(custom, "push") >= 1
+    # Its sends are recorded (and its result is kept): never again.
+    await redrive_lost_jobs(services)
+    assert not await client.exists(job_key)
+    await run_worker(custom, "push")
     assert len(fcm.requests_to(account.app.push_token)) == 1
     (send,) = await PushSend.filter(request_id=request.id)
     assert (send.outcome, send.attempts) == ("sent", 1)
 
 
 async def test_s4_p2_a_fan_out_retry_redis_lost_is_redriven_for_the_failed_device_only(
-    settings: Settings, lossy_redis: tuple[str, ArqRedis], tmp_path: Path
+    lossy_push: LossyPush,
 ) -> None:
     """The first try reached one device and failed transiently for the other; Redis then lost
     the deferred retry. The re-drive starts the job again at try 1, and it sends to the device
     still owed a message, not to the one that has it."""
-    url, client = lossy_redis
-    async with FakeFcm(project_id="kanmon-test") as fcm:
-        custom = settings.model_copy(
-            update={
-                "redis_url": url,
-                "fcm_credentials": fcm.write_service_account(tmp_path / "service-account.json"),
-                "fcm_endpoint": fcm.endpoint,
-                "fcm_project_id": fcm.project_id,
-            }
-        )
-        services = build_services(custom, client, passwords=FAST_PASSWORDS)
-        failing, fine = unique_push_token("quota"), unique_push_token("fine")
-        fcm.script(failing, QUOTA_EXCEEDED)
-        try:
-            async with api(services) as http:
-                account = await push_account(http, push_tokens=[failing, fine])
-                challenge = await login(http, account.username)
-            request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
-            await run_one_job(custom, "push")  # the first try; its retry is deferred
-            assert len(fcm.requests_to(failing)) == 1
-            assert len(fcm.requests_to(fine)) == 1
-            await client.flushdb()  # this test's own server only: the retry is lost
+    fcm, custom, services, client = lossy_push
+    failing, fine = unique_push_token("quota"), unique_push_token("fine")
+    fcm.script(failing, QUOTA_EXCEEDED)
+    async with api(services) as http:
+        account = await push_account(http, push_tokens=[failing, fine])
+        challenge = await login(http, account.username)
+    request = await LoginRequest.get(challenge_id=UUID(challenge["id"]))
+    await run_worker(custom, "push", max_jobs=1)  # the first try; its retry is deferred
+    assert len(fcm.requests_to(failing)) == 1
+    assert len(fcm.requests_to(fine)) == 1
+    await client.flushdb()  # this test's own server only: the retry is lost
 
-            then = utc_now() - REDRIVE_AFTER - timedelta(minutes=1)
-            await LoginRequest.filter(id=request.id).update(created_at=then)
-            await OutboxMessage.filter(id=request.id).update(dispatched_at=then)
-            assert await redrive_lost_jobs(services) == 1
-            assert await run_worker(custom, "push") >= 1
-            # Both settled now: nothing more to re-drive.
-            await OutboxMessage.filter(id=request.id).update(dispatched_at=then)
-            assert await redrive_lost_jobs(services) == 0
-        finally:
-            await services.close()
+    await dispatched_long_ago(request)
+    assert await redrive_lost_jobs(services) == 1
+    assert await run_worker(custom, "push") >= 1
+    # Both settled now: nothing more to re-drive.
+    await dispatched_long_ago(request)
+    assert await redrive_lost_jobs(services) == 0
     assert [m.data["request_id"] for m in fcm.sent_to(failing)] == [str(request.id)]
     assert len(fcm.requests_to(failing)) == 2
     assert len(fcm.requests_to(fine)) == 1
@@ -214,15 +214,3 @@ async def test_s4_p2_a_fan_out_retry_redis_lost_is_redriven_for_the_failed_devic
     by_token = {app.push_token: sends[UUID(app.device_id)] for app in account.apps}
     assert (by_token[failing].outcome, by_token[failing].attempts) == ("sent", 2)
     assert (by_token[fine].outcome, by_token[fine].attempts) == ("sent", 1)
-
-
-async def run_one_job(settings: Settings, queue: str) -> None:
-    """A real worker that takes one job and stops: a retry the job asks for stays deferred."""
-    worker = KanmonWorker(
-        **worker_options(settings, queue), burst=True, handle_signals=False, max_burst_jobs=1
-    )
-    worker.cron_jobs = []
-    try:
-        await worker.main()
-    finally:
-        await worker.close()

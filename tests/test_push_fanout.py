@@ -29,6 +29,7 @@ from tests.graphql_client import data
 from tests.push_helpers import (
     UPDATE_PUSH_TOKEN,
     PushAccount,
+    fcm_overrides,
     login,
     login_requests,
     push_account,
@@ -52,14 +53,7 @@ async def fcm_settings(settings: Settings, fcm: FakeFcm, tmp_path: Path) -> Sett
     """The suite's settings with FCM pointed at the fake. Jobs other tests left on the push
     queue are drained first, without FCM, so this test's worker runs only its own."""
     await run_worker(settings, PUSH)
-    path = fcm.write_service_account(tmp_path / "service-account.json")
-    return settings.model_copy(
-        update={
-            "fcm_credentials": path,
-            "fcm_endpoint": fcm.endpoint,
-            "fcm_project_id": fcm.project_id,
-        }
-    )
+    return settings.model_copy(update=fcm_overrides(fcm, tmp_path))
 
 
 async def request_id_of(challenge: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from gateway.settings import Settings
 from tests.conftest import run_worker
 from tests.fakes.fcm import FakeFcm
 from tests.graphql_client import PASSWORD
-from tests.push_helpers import push_account
+from tests.push_helpers import fcm_overrides, push_account
 
 PUSH = "push"
 
@@ -66,14 +66,7 @@ async def test_p2_s4_request_made_while_redis_is_down_is_swept_and_pushed_once(
     row = await OutboxMessage.get(id=request.id)
     assert (row.job_name, row.dispatched_at) == (JOB_PUSH_FAN_OUT, None)
 
-    path = fcm.write_service_account(tmp_path / "service-account.json")
-    with_fcm = settings.model_copy(
-        update={
-            "fcm_credentials": path,
-            "fcm_endpoint": fcm.endpoint,
-            "fcm_project_id": "kanmon-outage",
-        }
-    )
+    with_fcm = settings.model_copy(update=fcm_overrides(fcm, tmp_path, "kanmon-outage"))
     await run_worker(with_fcm, PUSH)
     assert fcm.sent_to(account.apps[0].push_token) == []
 
