@@ -421,6 +421,23 @@ async def test_l3_per_account_throttle_answers_rate_limited_with_retry_after(
         assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
 
 
+async def test_l3_the_throttle_keeps_counting_after_redis_forgets_its_scripts(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """The windows run as scripts cached by Redis (EVALSHA); a restarted Redis has none, and a
+    check must then load them again rather than fail open or answer INTERNAL."""
+    services = make_services(login_failures_per_account=2)
+    async with app_client(services, random_ip()) as http:
+        await sign_up(http, username)
+        for _ in range(2):
+            await services.redis.script_flush()
+            body = await gql(http, LOGIN, {"u": username, "p": "wrong password", "k": "WEB"})
+            assert error_of(body)["extensions"]["code"] == "INVALID_CREDENTIALS"
+        await services.redis.script_flush()
+        body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+        assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+
+
 async def test_l3_a_right_password_clears_the_accounts_earlier_wrong_ones(
     make_services: Callable[..., Services], username: str
 ) -> None:

@@ -95,8 +95,12 @@ class WindowCounter:
     (the durable counters that guard codes live in the database instead)."""
 
     def __init__(self, redis: Redis, prefix: str = "kanmon:throttle") -> None:
-        self._redis = redis
         self._prefix = prefix
+        # EVALSHA: the scripts' text is sent once per connection's server, not with each call,
+        # and redis-py loads them again after a Redis restart.
+        self._admit_script = redis.register_script(_ADMIT)
+        self._begin_script = redis.register_script(_BEGIN_ATTEMPT)
+        self._end_script = redis.register_script(_END_ATTEMPT)
 
     async def admit_all(self, windows: list[tuple[str, int, int]]) -> int:
         """Counts one event in every (key, limit, window_seconds) if all are under their limit;
@@ -111,7 +115,7 @@ class WindowCounter:
         keys = [f"{self._prefix}:{key}" for key, _, _ in windows]
         args = [str(v) for _, limit, window in windows for v in (limit, window)]
         args.append("1" if look_only else "0")
-        wait = await cast(Awaitable[int], self._redis.eval(_ADMIT, len(keys), *keys, *args))
+        wait = await cast(Awaitable[int], self._admit_script(keys=keys, args=args))
         return int(wait)
 
     async def begin_attempt(
@@ -122,9 +126,7 @@ class WindowCounter:
         failures so far)."""
         keys = self._attempt_keys([key for key, _ in windows])
         args = [str(limit) for _, limit in windows] + [str(lifetime_seconds * 1000), attempt_id]
-        answer = await cast(
-            Awaitable[list[int]], self._redis.eval(_BEGIN_ATTEMPT, len(keys), *keys, *args)
-        )
+        answer = await cast(Awaitable[list[int]], self._begin_script(keys=keys, args=args))
         return int(answer[0]), int(answer[1])
 
     async def end_attempt(
@@ -139,9 +141,7 @@ class WindowCounter:
         full_keys = self._attempt_keys(keys)
         flags = ["1" if failed else "0", "1" if clear_first else "0"]
         args = [attempt_id, *flags, str(window_seconds)]
-        await cast(
-            Awaitable[int], self._redis.eval(_END_ATTEMPT, len(full_keys), *full_keys, *args)
-        )
+        await cast(Awaitable[int], self._end_script(keys=full_keys, args=args))
 
     def _attempt_keys(self, keys: list[str]) -> list[str]:
         return [f"{self._prefix}:{key}{suffix}" for key in keys for suffix in ("", ":inflight")]
