@@ -37,7 +37,8 @@ the rest in bulk with the same rows (user with 2FA on and the first one's argon2
 session with its device, the device with its sealed login-code secret).
 
 Phases:
-  1. logins: every user logs in as WEB over HTTP on A (--login-concurrency in flight) and gets
+  1. logins: every user logs in as WEB over HTTP on A (--login-concurrency in flight, or
+     --login-rate per second in an open loop, latency at a stated load) and gets
      a challenge (id, token, matchNumber). Login -> FCM dispatch: from sending `login` to the
      fake receiving the message whose data.request_id is that login's request (split into the
      login response and what follows: commit -> outbox relay -> arq -> worker -> FCM).
@@ -445,28 +446,50 @@ async def fetch_request(http: httpx.AsyncClient, user: AppUser) -> None:
 
 
 async def login_phase(
-    a: httpx.AsyncClient, users: list[AppUser], concurrency: int, errors: dict[str, int]
-) -> tuple[list[AppUser], float]:
-    """Closed loop, `concurrency` logins in flight; returns the users that got a push
-    challenge and the elapsed time."""
-    queue = list(reversed(users))
+    a: httpx.AsyncClient,
+    users: list[AppUser],
+    concurrency: int,
+    rate: float,
+    errors: dict[str, int],
+) -> tuple[list[AppUser], float, int]:
+    """Closed loop with `concurrency` logins in flight, or, with a `rate`, an open loop: login
+    i leaves at start + i / rate whatever the earlier ones are doing (latency at a stated
+    load, not the queue a saturated closed loop builds). Returns the users that got a push
+    challenge, the elapsed time and the logins sent more than 5 ms late."""
     good: list[AppUser] = []
+
+    async def one(user: AppUser) -> None:
+        try:
+            await login_one(a, user)
+        except RequestFailed as exc:
+            count(errors, exc.code)
+        except httpx.HTTPError as exc:
+            count(errors, type(exc).__name__)
+        else:
+            good.append(user)
+
+    started = time.perf_counter()
+    late = 0
+    if rate > 0:
+        tasks: list[asyncio.Task[None]] = []
+        for index, user in enumerate(users):
+            delay = started + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.005:
+                late += 1
+            tasks.append(asyncio.create_task(one(user)))
+        await asyncio.gather(*tasks)
+        return good, time.perf_counter() - started, late
+
+    queue = list(reversed(users))
 
     async def loop() -> None:
         while queue:
-            user = queue.pop()
-            try:
-                await login_one(a, user)
-            except RequestFailed as exc:
-                count(errors, exc.code)
-            except httpx.HTTPError as exc:
-                count(errors, type(exc).__name__)
-            else:
-                good.append(user)
+            await one(queue.pop())
 
-    started = time.perf_counter()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return good, time.perf_counter() - started
+    return good, time.perf_counter() - started, late
 
 
 async def fetch_requests(
@@ -827,6 +850,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--approve-warmup", type=int, default=20, help="approvals not counted")
     parser.add_argument("--login-warmup", type=int, default=20, help="logins not counted")
     parser.add_argument("--login-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--login-rate",
+        type=float,
+        default=0.0,
+        help="logins per second in an open loop (0: a closed loop of --login-concurrency)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=64, help="sockets opening")
     parser.add_argument("--burst", type=int, default=1000, help="M: fan-out jobs in the burst")
     parser.add_argument("--push-workers", type=int, default=1, help="push workers running")
@@ -862,6 +891,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--memory-subscriptions 0..20000, --memory-challenges 1..100")
     if not (1 <= args.login_concurrency <= 64 and 1 <= args.connect_concurrency <= 512):
         parser.error("--login-concurrency 1..64, --connect-concurrency 1..512")
+    if not 0 <= args.login_rate <= 1000:
+        parser.error("--login-rate 0..1000")
     if args.push_workers < 1:
         parser.error("--push-workers >= 1")
     for name in ("worker_wait", "arrival_wait", "event_wait"):
@@ -935,8 +966,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         login_errors: dict[str, int] = {}
         log(f"phase 1: {len(measured_users) + len(memory_users)} logins on {args.a}")
         login_load = Load(pids)
-        logged_in, login_elapsed = await login_phase(
-            a, measured_users + memory_users, args.login_concurrency, login_errors
+        logged_in, login_elapsed, late_logins = await login_phase(
+            a, measured_users + memory_users, args.login_concurrency, args.login_rate, login_errors
         )
         login_cpu = login_load.report(len(logged_in))
         ready = await fetch_requests(b, logged_in, login_errors)
@@ -966,6 +997,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "all_arrived": all_pushed,
             "errors": login_errors,
             "logins_per_s": round(len(logged_in) / login_elapsed, 1) if login_elapsed else 0.0,
+            "late_sends": late_logins,
             "load": login_cpu,
         }
 
@@ -1095,6 +1127,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "approve_warmup": args.approve_warmup,
             "login_warmup": args.login_warmup,
             "login_concurrency": args.login_concurrency,
+            "login_rate": args.login_rate,
             "connect_concurrency": args.connect_concurrency,
             "burst": args.burst,
             "push_workers": args.push_workers,
