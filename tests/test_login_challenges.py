@@ -474,6 +474,34 @@ async def test_l3_per_ip_throttle_answers_rate_limited(
         assert body["data"]["login"]["__typename"] == "Session"
 
 
+def random_ipv6_prefix() -> str:
+    """A /64 of unique local addresses no other test uses: its first four groups."""
+    return "fd" + secrets.token_hex(1) + ":" + ":".join(secrets.token_hex(2) for _ in range(3))
+
+
+async def test_l3_ipv6_addresses_count_per_64_in_the_per_ip_window(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """An IPv6 subscriber holds a whole /64: guesses from a fresh address of the same /64 each
+    time still fill one window, and a neighbouring /64 is not affected."""
+    services = make_services(login_failures_per_ip=3)
+    prefix = random_ipv6_prefix()
+    names = [f"{username}_{i}" for i in range(3)]
+    async with app_client(services, random_ip()) as http:
+        for name in [username, *names]:
+            await sign_up(http, name)
+    for index, name in enumerate(names):
+        async with app_client(services, f"{prefix}::{index + 1:x}") as http:
+            body = await gql(http, LOGIN, {"u": name, "p": "wrong password", "k": "WEB"})
+            assert error_of(body)["extensions"]["code"] == "INVALID_CREDENTIALS"
+    async with app_client(services, f"{prefix}:1234:5678:9abc:def0") as http:
+        body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+        assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+    async with app_client(services, f"{random_ipv6_prefix()}::1") as http:
+        body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+        assert body["data"]["login"]["__typename"] == "Session"
+
+
 async def test_l3_a_burst_of_parallel_wrong_passwords_gets_exactly_the_limit_checked(
     make_services: Callable[..., Services], username: str
 ) -> None:

@@ -13,6 +13,7 @@ from tortoise.exceptions import IntegrityError
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import Session, User
 from gateway.accounts.store import session_with_user
+from gateway.core.addresses import throttle_key
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import new_token, token_digest
 from gateway.core.errors import (
@@ -96,7 +97,7 @@ class PasswordGuard:
     def _keys(self, account_key: str, ip_address: str | None) -> list[str]:
         keys = [f"pw:acct:{account_key}"]
         if ip_address:
-            keys.append(f"pw:ip:{ip_address}")
+            keys.append(f"pw:ip:{throttle_key(ip_address)}")
         return keys
 
     async def check(self, account_key: str, ip_address: str | None) -> PasswordAttempt:

@@ -9,22 +9,15 @@ alpha-2 code, so the app names the country in the user's own language."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from iptocc import country_code
+
+from gateway.core.addresses import client_address
 
 
 def rough_location(ip: str | None) -> str | None:
     """None for what has no country: private, loopback, link-local, shared (carrier NAT) and
     unallocated addresses, and anything that is not an address."""
-    if not ip:
-        return None
-    try:
-        address = ipaddress.ip_address(ip.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # a dual-stack listener's view of an IPv4 client
-    if not address.is_global:
+    address = client_address(ip) if ip else None
+    if address is None or not address.is_global:
         return None
     return country_code(str(address))
