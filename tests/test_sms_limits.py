@@ -7,6 +7,7 @@ client IPs, and services built with the limits it needs."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from arq.connections import ArqRedis
 from redis.asyncio.connection import ConnectionPool
 
+from gateway.accounts.service import IssuedSession
 from gateway.container import Services, build_services
 from gateway.core.errors import DomainError, RateLimited
+from gateway.factors.base import TwoFactorMethod
 from gateway.factors.sms.models import Phone, SmsCode, SmsMessage
 from gateway.factors.sms.service import PhoneView
 from gateway.settings import Settings
@@ -25,6 +28,7 @@ from tests.sms_helpers import (
     ADD_PHONE,
     add_phone,
     api_client,
+    attempt,
     code_of,
     domain_user,
     error_of,
@@ -179,7 +183,9 @@ async def test_s7_login_code_refused_by_the_limits_queues_nothing(
     make_services: Callable[..., Services],
 ) -> None:
     services = limited(make_services, sms_per_number_per_hour=1, sms_resend_cooldown_seconds=0)
-    user, number, _ = await sms_user(services)  # the verification code fills the window
+    user, number, _ = await sms_user(services)
+    first = await log_in(services, user.username)
+    assert len(await login_codes(services, first.id)) == 1  # fills the number's login window
 
     challenge = await log_in(services, user.username)
 
@@ -196,7 +202,74 @@ async def test_s7_login_code_refused_by_the_limits_queues_nothing(
     assert view.sms_retry_after is not None
     assert abs(view.sms_retry_after - challenge.sms_retry_after) <= 1
     assert await login_codes(services, challenge.id) == []
-    assert len(await messages_to(number)) == 1
+    assert len(await messages_to(number)) == 2  # the verification code and the first login's
+
+
+async def test_s7_strangers_filling_a_numbers_windows_do_not_take_away_its_login_codes(
+    make_services: Callable[..., Services],
+) -> None:
+    """Anyone can ask for verification codes to any number: calls to the victim's number and
+    its neighbours fill the number's and the block's windows, but the victim's login codes
+    count in their own, which only a login with the password can fill."""
+    services = limited(make_services, sms_per_number_per_hour=10, sms_per_block_per_hour=20)
+    victim, number, _ = await sms_user(services)
+    block = number[:-3]
+    strangers = [await domain_user(services) for _ in range(3)]
+    refused = 0
+    for index in range(40):
+        target = number if index % 2 else number_in(block, (int(number[-3:]) + index) % 1000)
+        result = await add_phone(services, strangers[index % 3].id, target, random_ip())
+        refused += isinstance(result, RateLimited)
+    assert refused > 0  # the windows the strangers could reach are full
+
+    challenge = await log_in(services, victim.username)
+
+    assert len(await login_codes(services, challenge.id)) == 1
+    assert challenge.sms_retry_after is not None
+    assert challenge.sms_retry_after > 0  # the cooldown after the code just sent, not an hour
+    assert challenge.sms_retry_after <= services.settings.sms_resend_cooldown_seconds
+
+
+async def test_s7_sms_retry_after_counts_the_logins_address_window(
+    make_services: Callable[..., Services],
+) -> None:
+    """Logins from an address whose login-code window is full get no first code, and the page
+    is told so, as `requestSmsCode` from there would answer, not 0."""
+    services = limited(make_services, sms_per_ip_per_hour=1, sms_resend_cooldown_seconds=0)
+    office = random_ip()
+    first, _, _ = await sms_user(services)
+    second, _, _ = await sms_user(services)
+    await log_in(services, first.username, office)
+
+    challenge = await log_in(services, second.username, office)
+
+    assert await login_codes(services, challenge.id) == []
+    assert challenge.sms_retry_after is not None
+    assert 3500 <= challenge.sms_retry_after <= 3600
+    refused = await request_sms(services, challenge, office)
+    assert isinstance(refused, RateLimited)
+    assert abs(refused.retry_after - challenge.sms_retry_after) <= 1
+    # Verification codes asked from the same address count elsewhere.
+    newcomer = await domain_user(services)
+    assert isinstance(await add_phone(services, newcomer.id, fresh_number(), office), PhoneView)
+
+
+async def test_s7_ipv6_callers_count_per_64_in_the_per_ip_window(
+    make_services: Callable[..., Services],
+) -> None:
+    """A pumper holding one IPv6 /64 rotates through its addresses: every address of the /64
+    counts in one window."""
+    services = limited(make_services, sms_per_ip_per_hour=3)
+    prefix = "fd" + secrets.token_hex(1) + ":" + ":".join(secrets.token_hex(2) for _ in range(3))
+    results = []
+    for index in range(5):
+        user = await domain_user(services)
+        results.append(await add_phone(services, user.id, fresh_number(), f"{prefix}::{index:x}"))
+    assert [isinstance(r, PhoneView) for r in results] == [True, True, True, False, False]
+    assert_rate_limited(results[3], 3600)
+    user = await domain_user(services)
+    other = f"{prefix[:-1]}{'0' if prefix[-1] != '0' else '1'}::1"
+    assert isinstance(await add_phone(services, user.id, fresh_number(), other), PhoneView)
 
 
 # Country allow-list --------------------------------------------------------------------------
@@ -239,6 +312,28 @@ async def test_s7_country_allow_list_also_stops_login_codes_to_numbers_verified_
     assert isinstance(await request_sms(restricted, challenge), DomainError)
     assert await login_codes(restricted, challenge.id) == []
     assert len(await messages_to(us_number)) == 1
+
+
+async def test_l2_s7_a_login_does_not_offer_sms_to_a_number_no_code_can_go_to(
+    make_services: Callable[..., Services],
+) -> None:
+    """A verified number whose country left the allow-list, or that no longer parses (a
+    numbering-plan update in a library upgrade), is not offered, and the login still opens
+    with the account's other methods instead of failing."""
+    services = make_services()
+    outside, _, backup = await sms_user(services, fresh_us_number())
+    broken, number, _ = await sms_user(services)
+    await Phone.filter(number=number).update(number="+8190123")
+    restricted = make_services(sms_allowed_country_codes="81")
+
+    for user, login_services in ((outside, restricted), (broken, services)):
+        challenge = await log_in(login_services, user.username)
+        assert challenge.methods == [TwoFactorMethod.BACKUP_CODE], user
+        assert challenge.sms_retry_after is None
+        assert await login_codes(login_services, challenge.id) == []
+    challenge = await log_in(restricted, outside.username)
+    session = await attempt(restricted, challenge, TwoFactorMethod.BACKUP_CODE, backup)
+    assert isinstance(session, IssuedSession)
 
 
 # SMS pumping ---------------------------------------------------------------------------------

@@ -170,6 +170,12 @@ class LoginService:
             for method in METHOD_ORDER
             if method in self._factors and self._factors[method].offered(summary, client.kind)
         ]
+        sms_number = None
+        if TwoFactorMethod.SMS in methods:
+            sms_number = await self._sms.sms_ready_number(user_id)
+            unusable = sms_number is None or not self._sms.sendable(sms_number)
+            if unusable and len(methods) > 1:
+                methods.remove(TwoFactorMethod.SMS)
         token = new_token()
         expires_at = self._clock() + self._ttl
         challenge_id = uuid4()
@@ -193,14 +199,14 @@ class LoginService:
         )
         sms_retry = None
         if TwoFactorMethod.SMS in methods:
-            if request is None:
+            if request is None and sms_number is not None:
                 # ...otherwise SMS is the primary method: its first code goes now.
-                number = await self._sms.start_challenge(
-                    user_id, challenge.id, expires_at, client.ip_address, work
+                await self._sms.start_challenge(
+                    user_id, challenge.id, sms_number, expires_at, client.ip_address, work
                 )
-            else:
-                number = await self._sms.sms_ready_number(user_id)
-            sms_retry = await self._sms.retry_after(challenge.id, expires_at, user_id, number)
+            sms_retry = await self._sms.retry_after(
+                challenge.id, expires_at, user_id, sms_number, client.ip_address
+            )
         match = request.match_number if request is not None else None
         return ChallengeView(
             challenge.id, token, ChallengeStatus.PENDING, methods, expires_at, sms_retry, match
@@ -228,7 +234,11 @@ class LoginService:
             if TwoFactorMethod.SMS in methods:
                 number = await self._sms.sms_ready_number(challenge.user_id)
                 sms_retry = await self._sms.retry_after(
-                    challenge.id, challenge.expires_at, challenge.user_id, number
+                    challenge.id,
+                    challenge.expires_at,
+                    challenge.user_id,
+                    number,
+                    challenge.ip_address,
                 )
             if TwoFactorMethod.PUSH in methods:
                 request = await self._push.request_for_challenge(challenge.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from uuid import UUID
 
 from gateway.core.clock import Clock, utc_now
 from gateway.core.events import challenge_channel
@@ -68,7 +69,8 @@ class SmsKeywords:
             number = phones.parse(message.sender).e164
         except InvalidPhoneNumber:
             return UNKNOWN_SENDER
-        if await self._sms.registered_number_user(number) is None:
+        users = await self._sms.registered_number_users(number)
+        if not users:
             return UNKNOWN_SENDER
         words = message.body.strip().split()
         keyword = KEYWORDS.get(words[0].upper()) if words else None
@@ -78,26 +80,26 @@ class SmsKeywords:
             await self._sms.set_paused(number, paused=True)
         elif keyword is Keyword.RESUME:
             await self._sms.set_paused(number, paused=False)
-            await self._resend(number, work)
+            for user_id in users:
+                await self._resend(user_id, number, work)
         return REPLIES[keyword]
 
-    async def _resend(self, number: str, work: UnitOfWork) -> None:
+    async def _resend(self, user_id: UUID, number: str, work: UnitOfWork) -> None:
         """H9: GO resends the latest unexpired code of the newest waiting challenge unchanged,
         or sends its first one if none was sent: the user is looking at their newest login,
         and a code of an older one would not complete it."""
-        user_id = await self._sms.registered_number_user(number)
-        if user_id is None:
-            return
         waiting = await LoginChallenge.filter(
             user_id=user_id, status=ChallengeStatus.PENDING, expires_at__gt=self._clock()
         ).order_by("-created_at")
         if not waiting:
             return
         challenge = waiting[0]
-        if await self._sms.resend_latest(number, [challenge.id], work):
+        if await self._sms.resend_latest(user_id, number, [challenge.id], work):
             return
         if TwoFactorMethod.SMS.value not in challenge.methods:
             challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)
             await challenge.save(update_fields=["methods"])
             work.signal(challenge_channel(challenge.id))  # the page now offers SMS
-        await self._sms.start_challenge(user_id, challenge.id, challenge.expires_at, None, work)
+        await self._sms.start_challenge(
+            user_id, challenge.id, number, challenge.expires_at, None, work
+        )

@@ -20,9 +20,9 @@ from gateway.core.uow import UnitOfWork
 from gateway.factors.base import ACCEPTED, Attempt, TwoFactorMethod, Verdict
 from gateway.factors.sms import codes, phones
 from gateway.factors.sms.errors import NoPendingPhone, SmsNotAvailable, WrongSmsCode
-from gateway.factors.sms.limits import SendGuard
+from gateway.factors.sms.limits import SendGuard, SendPurpose
 from gateway.factors.sms.models import Phone, SmsCode, SmsCodePurpose, SmsMessage
-from gateway.factors.sms.phones import InvalidPhoneNumber
+from gateway.factors.sms.phones import InvalidPhoneNumber, ParsedNumber
 from gateway.factors.summary import MethodSummary
 
 MAX_CARRIER = 64
@@ -91,7 +91,7 @@ class SmsService:
         number = phones.parse(number_text)
         if not self._guard.country_allowed(number):
             raise InvalidPhoneNumber("Text messages cannot be sent to that country.")
-        await self._guard.admit(number, user_id, ip)
+        await self._guard.admit(number, user_id, ip, SendPurpose.VERIFY_NUMBER)
         phone, _ = await Phone.get_or_create(user_id=user_id)
         phone.pending_number = number.e164
         phone.pending_carrier = carrier
@@ -155,6 +155,19 @@ class SmsService:
         )
         return phone.number if phone else None
 
+    def sendable(self, number: str) -> bool:
+        """False when no code can go to a stored number any more: it no longer parses (a
+        numbering-plan update in a library upgrade) or its country left the allow-list. A
+        login then does not offer SMS, rather than fail or offer what cannot arrive."""
+        return self._sendable(number) is not None
+
+    def _sendable(self, number: str) -> ParsedNumber | None:
+        try:
+            parsed = phones.parse(number)
+        except InvalidPhoneNumber:
+            return None
+        return parsed if self._guard.country_allowed(parsed) else None
+
     # The factor (L5, S2) -----------------------------------------------------------------
 
     def offered(self, summary: MethodSummary, client: ClientKind) -> bool:
@@ -182,19 +195,16 @@ class SmsService:
         self,
         user_id: UUID,
         challenge_id: UUID,
+        number: str,
         expires_at: datetime,
         ip: str | None,
         work: UnitOfWork,
-    ) -> str | None:
-        """L4: the first code goes at once (S7 still applies; a refusal leaves the challenge to
-        the other methods and to `requestSmsCode`). Returns the number it was for (None: no
-        phone can receive SMS), sent or refused, for `retry_after`."""
-        number = await self.sms_ready_number(user_id)
-        if number is None:
-            return None
+    ) -> None:
+        """L4: the first code goes at once to `number`, the account's `usable_number` (S7
+        still applies; a refusal leaves the challenge to the other methods and to
+        `requestSmsCode`)."""
         with contextlib.suppress(RateLimited, InvalidPhoneNumber):
             await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
-        return number
 
     async def request_code(
         self,
@@ -217,19 +227,28 @@ class SmsService:
         await self._send_login_code(user_id, challenge_id, number, expires_at, ip, work)
 
     async def retry_after(
-        self, challenge_id: UUID, expires_at: datetime, user_id: UUID, number: str | None
+        self,
+        challenge_id: UUID,
+        expires_at: datetime,
+        user_id: UUID,
+        number: str | None,
+        ip: str | None,
     ) -> int:
         """Seconds before `requestSmsCode` may send again (0: now), the `retryAfter` it would
         answer otherwise: the cooldown after the last code, or, once the challenge has had
         all its codes, the rest of its life; longer while an S7 send limit of `number` (the
-        user's `sms_ready_number`) or of the account is full (then no code went at login
-        either, and the page must not promise one)."""
+        user's `sms_ready_number`), of the account or of `ip` (the login's address) is full
+        (then no code went at login either, and the page must not promise one). A number no
+        code can go to any more has the rest of the challenge's life too."""
         sent = await self._sent_at(challenge_id)
         if len(sent) >= self._max_sends:
             return self._seconds_until(expires_at, at_least=1)
         wait = self._seconds_until(sent[0] + self._cooldown) if sent else 0
         if number is not None:
-            wait = max(wait, await self._guard.wait(phones.parse(number), user_id))
+            parsed = self._sendable(number)
+            if parsed is None:
+                return self._seconds_until(expires_at, at_least=1)
+            wait = max(wait, await self._guard.login_code_wait(parsed, user_id, ip))
         return wait
 
     async def _sent_at(self, challenge_id: UUID) -> list[datetime]:
@@ -242,9 +261,11 @@ class SmsService:
 
     # Keywords (S5, H9) -------------------------------------------------------------------
 
-    async def registered_number_user(self, number: str) -> UUID | None:
-        phone = await Phone.get_or_none(number=number, verified_at__isnull=False)
-        return phone.user_id if phone else None
+    async def registered_number_users(self, number: str) -> list[UUID]:
+        """Every account that verified `number`: a family may share one phone, and a keyword
+        from it speaks for each of them."""
+        rows = Phone.filter(number=number, verified_at__isnull=False).order_by("user_id")
+        return [phone.user_id for phone in await rows.only("id", "user_id")]
 
     async def set_paused(self, number: str, *, paused: bool) -> int:
         return await Phone.filter(number=number, verified_at__isnull=False).update(
@@ -252,16 +273,16 @@ class SmsService:
         )
 
     async def resend_latest(
-        self, number: str, waiting_challenges: list[UUID], work: UnitOfWork
+        self, user_id: UUID, number: str, waiting_challenges: list[UUID], work: UnitOfWork
     ) -> bool:
-        """H9 GO: resends, unchanged, the latest unexpired code of one of the challenges still
-        waiting (S7 applies). Returns whether a message was queued."""
-        phone = await Phone.get_or_none(number=number, verified_at__isnull=False)
-        if phone is None or not waiting_challenges:
+        """H9 GO: resends, unchanged, the latest unexpired code sent to `number` for one of
+        `user_id`'s challenges still waiting (S7 applies). Returns whether a message was
+        queued."""
+        if not waiting_challenges:
             return False
         latest = (
             await SmsCode.filter(
-                user_id=phone.user_id,
+                user_id=user_id,
                 purpose=SmsCodePurpose.LOGIN,
                 number=number,
                 challenge_id__in=waiting_challenges,
@@ -274,10 +295,10 @@ class SmsService:
         if latest is None:
             return False
         try:
-            await self._guard.admit(phones.parse(number), phone.user_id, None)
-        except RateLimited:
+            await self._guard.admit(phones.parse(number), user_id, None, SendPurpose.LOGIN_CODE)
+        except (RateLimited, InvalidPhoneNumber):
             return False
-        await self._queue_code_message(phone.user_id, number, latest, work)
+        await self._queue_code_message(user_id, number, latest, work)
         return True
 
     # Internals -----------------------------------------------------------------------------
@@ -294,7 +315,7 @@ class SmsService:
         parsed = phones.parse(number)
         if not self._guard.country_allowed(parsed):
             raise InvalidPhoneNumber("Text messages cannot be sent to that country.")
-        await self._guard.admit(parsed, user_id, ip)
+        await self._guard.admit(parsed, user_id, ip, SendPurpose.LOGIN_CODE)
         code = codes.new_code()
         row = await self._store_code(
             user_id, SmsCodePurpose.LOGIN, challenge_id, number, code, expires_at
