@@ -20,6 +20,7 @@ from gateway.accounts.models import User
 from gateway.container import Services
 from gateway.core.code_throttle import FactorThrottle
 from gateway.core.events import EventHub
+from gateway.factors.sms.models import Phone, SmsMessage
 from gateway.graphql.schema import build_schema
 from gateway.graphql.view import KanmonGraphQL
 from gateway.login.models import ChallengeStatus, LoginChallenge
@@ -36,6 +37,7 @@ from tests.graphql_client import (
     sign_up,
 )
 from tests.push_helpers import push_account
+from tests.sms_helpers import ADD_PHONE, fresh_number
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
 
@@ -325,6 +327,41 @@ async def test_g2_huge_code_is_bad_user_input_and_counts_no_attempt(
         )
         assert_bad_input(body)
     await assert_challenge_untouched(client, challenge, username, backup)
+
+
+async def test_g2_nul_characters_in_text_are_bad_user_input_and_change_nothing(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    """PostgreSQL's text cannot hold U+0000: such an argument used to fail deep in a resolver
+    as SERVICE_UNAVAILABLE, after an S7 send had been counted. In a variable or as a literal's
+    escape, it is refused before anything runs."""
+    users_before = await User.all().count()
+    assert_bad_input(
+        await gql(client, SIGN_UP, {"u": username + "\x00", "p": PASSWORD, "k": "WEB"})
+    )
+    assert_bad_input(await gql(client, LOGIN, {"u": "a\x00", "p": PASSWORD, "k": "WEB"}))
+    literal = (
+        'mutation { login(username: "a\\u0000b", password: "p", client: {kind: WEB})'
+        " { __typename } }"
+    )
+    assert_bad_input(await gql(client, literal))
+    assert await User.all().count() == users_before
+
+    token = await sign_up(client, username)
+    number = fresh_number()
+    body = await gql(client, ADD_PHONE, {"n": number, "c": "ab\x00c"}, token=token)
+    assert_bad_input(body)
+    assert await Phone.filter(number=number).count() == 0
+    assert await SmsMessage.filter(to_number=number).count() == 0
+    other = f"{username}_2fa"
+    challenge, backup = await two_factor_challenge(client, other)
+    body = await gql(
+        client,
+        VERIFY,
+        {"id": challenge["id"], "t": challenge["token"], "m": "TOTP", "c": "12\x003456"},
+    )
+    assert_bad_input(body)
+    await assert_challenge_untouched(client, challenge, other, backup)
 
 
 async def test_g2_wrong_variable_types_are_bad_user_input_and_change_nothing(

@@ -28,6 +28,7 @@ from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
 from gateway.core.metrics import GRAPHQL_SECONDS, operation_label
+from gateway.graphql.text_inputs import NUL_IN_TEXT, has_nul
 
 CACHED_DOCUMENTS = 1024
 
@@ -82,6 +83,8 @@ class DocumentPipeline(SchemaExtension):
 
 def _refusals(context: ExecutionContext) -> list[GraphQLError]:
     """What a valid document still may not do."""
+    if has_nul(context.variables):
+        return [NUL_IN_TEXT]
     if _unnamed_among_many(context):
         return [OPERATION_NAME_NEEDED]
     if context.operation_type is OperationType.SUBSCRIPTION and _over_http(context.context):

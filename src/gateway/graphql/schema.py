@@ -22,6 +22,7 @@ from gateway.graphql.login import LoginMutation, LoginQuery
 from gateway.graphql.observability import DocumentPipeline
 from gateway.graphql.security import SecurityMutation
 from gateway.graphql.subscriptions import Subscription
+from gateway.graphql.text_inputs import NoNulInLiteralsRule
 
 Query = merge_types("Query", (AccountQuery, LoginQuery))
 Mutation = merge_types(
@@ -62,7 +63,7 @@ class KanmonSchema(strawberry.Schema):
 
 def build_schema(*, development: bool) -> strawberry.Schema:
     # Introspection is refused by a validation rule, so the validation cache covers it too.
-    rules: list[type[ASTValidationRule]] = [DocumentLimitsRule]
+    rules: list[type[ASTValidationRule]] = [DocumentLimitsRule, NoNulInLiteralsRule]
     if not development:
         rules.append(NoSchemaIntrospectionCustomRule)
     schema = KanmonSchema(
