@@ -8,6 +8,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 from xml.sax.saxutils import unescape
 
 import httpx
@@ -34,6 +35,7 @@ from tests.sms_helpers import (
     INBOUND_PATH,
     PHONE_SETTINGS,
     SESSION,
+    SHORT_CODE,
     SMS,
     STATUS_PATH,
     TWILIO_FROM,
@@ -503,6 +505,37 @@ async def test_w1_forged_receipt_is_refused_and_changes_nothing(hooks: Webhooks)
     assert (unsigned.status_code, wrong.status_code) == (403, 403)
     after = await SmsMessage.get(id=message.id)
     assert (after.status, after.error_code) == (SmsStatus.SENT, None)
+
+
+async def test_w1_a_signature_that_is_not_ascii_is_refused_like_any_bad_one(
+    hooks: Webhooks,
+) -> None:
+    """Header values reach the app as latin-1 text: a byte above 0x7f is a bad signature (403),
+    not an error."""
+    message = await sent_message(hooks.services)
+    assert message.provider_sid is not None
+    number = message.to_number
+    bodies = {
+        STATUS_PATH: {"MessageSid": message.provider_sid, "MessageStatus": "failed"},
+        INBOUND_PATH: {"From": number, "To": SHORT_CODE, "Body": "STOP", "MessageSid": "SMx"},
+    }
+    for path, params in bodies.items():
+        url = hooks.services.settings.resolved_public_url() + path
+        right = twilio_signature(TWILIO_TOKEN, url, list(params.items())).encode()
+        for signature in [b"\xe9abc", right + b"\xe9", b"\xff" * len(right)]:
+            response = await hooks.http.post(
+                path,
+                content=urlencode(params).encode(),
+                headers={
+                    b"content-type": b"application/x-www-form-urlencoded",
+                    b"x-twilio-signature": signature,
+                },
+            )
+            assert response.status_code == 403, (path, signature)
+
+    after = await SmsMessage.get(id=message.id)
+    assert (after.status, after.error_code) == (SmsStatus.SENT, None)
+    assert not await paused(number)
 
 
 async def test_s5_codes_are_never_in_a_keyword_reply(hooks: Webhooks) -> None:

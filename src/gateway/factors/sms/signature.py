@@ -18,7 +18,10 @@ def expected_signature(auth_token: str, url: str, params: Iterable[tuple[str, st
 def valid_signature(
     auth_tokens: Iterable[str], url: str, params: list[tuple[str, str]], signature: str | None
 ) -> bool:
-    if not signature:
+    """W1: whether `signature` is what one of `auth_tokens` gives. Header values reach us as
+    latin-1 text, and `hmac.compare_digest` raises on non-ASCII strings: a base64 signature is
+    ASCII, so anything else is simply wrong."""
+    if not signature or not signature.isascii():
         return False
     return any(
         hmac.compare_digest(expected_signature(token, url, params), signature)
