@@ -23,6 +23,7 @@ from gateway.factors.sms.models import (
     SmsAttempt,
     SmsCode,
     SmsCodePurpose,
+    SmsEarlyReceipt,
     SmsMessage,
     SmsStatus,
 )
@@ -536,6 +537,45 @@ async def test_w1_a_signature_that_is_not_ascii_is_refused_like_any_bad_one(
     after = await SmsMessage.get(id=message.id)
     assert (after.status, after.error_code) == (SmsStatus.SENT, None)
     assert not await paused(number)
+
+
+async def test_w1_g2_signed_webhooks_with_a_nul_byte_are_refused_as_malformed(
+    hooks: Webhooks,
+) -> None:
+    """PostgreSQL text columns refuse NUL: a signed form carrying one is a malformed request
+    (400) that never reaches the database, on either webhook, and changes nothing."""
+    message = await sent_message(hooks.services)
+    sid = message.provider_sid
+    assert sid is not None
+    number = message.to_number
+    early_before = await SmsEarlyReceipt.all().count()
+    receipts = [
+        {"MessageSid": "SM\x00" + secrets.token_hex(16), "MessageStatus": "failed"},
+        {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "300\x0005"},
+        {"MessageSid": sid, "MessageStatus": "fail\x00ed"},
+        {"MessageSid": sid, "MessageStatus": "failed", "Extra\x00": "1"},
+    ]
+    for params in receipts:
+        assert (await hooks.post(STATUS_PATH, params)).status_code == 400, params
+        # The signature is still checked first: unsigned junk is a forgery like any other.
+        assert (await hooks.post(STATUS_PATH, params, token=None)).status_code == 403
+    inbound = [
+        await hooks.inbound(number, "STOP\x00"),
+        await hooks.inbound(number[:6] + "\x00" + number[6:], "STOP"),
+        await hooks.inbound(number, "STOP", to=SHORT_CODE + "\x00"),
+    ]
+    assert [response.status_code for response in inbound] == [400, 400, 400]
+
+    after = await SmsMessage.get(id=message.id)
+    assert (after.status, after.error_code) == (SmsStatus.SENT, None)
+    assert await SmsEarlyReceipt.all().count() == early_before
+    assert not await paused(number)
+    # The same requests without the NUL are taken.
+    reply_of(await hooks.inbound(number, "STOP"))
+    assert await paused(number)
+    assert (await hooks.receipt(sid, "failed", error_code="30005")).status_code == 204
+    failed = await SmsMessage.get(id=message.id)
+    assert (failed.status, failed.error_code) == (SmsStatus.FAILED, "30005")
 
 
 async def test_s5_codes_are_never_in_a_keyword_reply(hooks: Webhooks) -> None:
