@@ -49,6 +49,7 @@ from tests.fakes.twilio import (
     OK,
     TIMEOUT,
     UNSUBSCRIBED,
+    Behaviour,
     FakeTwilio,
     RecordedRequest,
     http_error,
@@ -498,6 +499,42 @@ async def test_s4_try_cut_off_by_a_dead_worker_is_resent_and_counted_as_a_duplic
     assert message.attempts == 2
     assert message.duplicates == 1
     assert [a.outcome for a in await attempts_of(message)] == ["interrupted", "sent"]
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "duplicates"),
+    [
+        pytest.param([TIMEOUT, OK], SmsStatus.SENT, 1, id="timeout-then-sent"),
+        pytest.param([TIMEOUT, TIMEOUT, OK], SmsStatus.SENT, 2, id="two-timeouts-then-sent"),
+        pytest.param([http_error(500), OK], SmsStatus.SENT, 0, id="refused-then-sent"),
+        pytest.param([TIMEOUT, INVALID_NUMBER], SmsStatus.FAILED, 0, id="timeout-then-refused"),
+        pytest.param([TIMEOUT] * 4, SmsStatus.FAILED, 0, id="timeouts-only"),
+    ],
+)
+async def test_s4_try_that_timed_out_counts_as_a_duplicate_once_a_later_try_went_out(
+    services: Services,
+    settings_for_twilio: Settings,
+    twilio: FakeTwilio,
+    number: str,
+    script: list[Behaviour],
+    status: SmsStatus,
+    duplicates: int,
+) -> None:
+    """A timed-out request may have reached the provider: with a later one accepted, the
+    recipient may get the code twice. A try the provider answered with a refusal sent nothing,
+    and without a later accepted try there is at most one message."""
+    twilio.script(*script, to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+
+    await run_worker(settings_for_twilio, "sms")
+
+    requests = twilio.requests_to(number)
+    assert len(requests) == len(script)
+    assert len({code_in(r) for r in requests}) == 1
+    message = await reload(message)
+    assert (message.status, message.attempts) == (status, len(script))
+    assert message.duplicates == duplicates
 
 
 # F4: no secret kept longer than needed ----------------------------------------------------

@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from gateway.factors.sms.delivery import ProviderOutcome, ProviderResult
+from gateway.factors.sms.delivery import TIMED_OUT, ProviderOutcome, ProviderResult
 
 # A refused credential is the provider's problem, not the number's: like an outage, it uses up
 # the primary's tries and then the fallback takes over (S3).
@@ -42,7 +42,7 @@ class TwilioProvider:
                 self._url, data=form, auth=self._auth, timeout=self._timeout
             )
         except httpx.TimeoutException:
-            return ProviderResult(ProviderOutcome.TRANSIENT, error_code="timeout")
+            return ProviderResult(ProviderOutcome.TRANSIENT, error_code=TIMED_OUT)
         except httpx.TransportError:
             return ProviderResult(ProviderOutcome.TRANSIENT, error_code="connection")
         status = response.status_code

@@ -39,6 +39,9 @@ PAUSED = "sms_paused"
 # QUEUED > SENDING > SENT > DELIVERED, or FAILED / UNDELIVERED (S3): the worker moves a message
 # while it is one of these; after SENT only receipts move it, and only to a final status.
 UNSENT = (SmsStatus.QUEUED, SmsStatus.SENDING)
+# The error of a try whose request got no answer in time: unlike a refusal, it may have reached
+# the provider, and counts as a possible duplicate once a later try is sent (S4).
+TIMED_OUT = "timeout"
 # A receipt whose message never got its sid (a cut-off try, resent under another) is dropped.
 EARLY_RECEIPT_KEEP = timedelta(days=1)
 
@@ -180,7 +183,9 @@ class SmsDelivery:
         if result.outcome is ProviderOutcome.SENT:
             # The sid is recorded whatever the status became meanwhile: receipts look for it.
             await SmsMessage.filter(id=message.id).update(
-                provider_sid=result.sid, sent_at=self._clock()
+                provider_sid=result.sid,
+                sent_at=self._clock(),
+                duplicates=F("duplicates") + await _timed_out_tries(message.id),
             )
             return await self._move(message, SmsStatus.SENT, error_code=None)
         if result.outcome is ProviderOutcome.PERMANENT:
@@ -188,7 +193,7 @@ class SmsDelivery:
                 await Phone.filter(number=message.to_number).update(sms_paused=True)
             return await self._fail(message, result.error_code or "permanent")
         error = result.error_code or (
-            f"http_{result.http_status}" if result.http_status else "timeout"
+            f"http_{result.http_status}" if result.http_status else TIMED_OUT
         )
         if self._provider_for(job_try + 1) is None:
             return await self._fail(message, error)
@@ -229,6 +234,18 @@ class SmsDelivery:
         if code.purpose is SmsCodePurpose.VERIFY_PHONE:
             return codes.verification_body(plain)
         return codes.login_body(plain)
+
+
+async def _timed_out_tries(message_id: UUID) -> int:
+    """S4: the earlier tries of a message that timed out without an answer. Each may have
+    reached the provider, so once a later try is sent each is a possible duplicate; a try the
+    provider answered (even with an error) sent nothing."""
+    return await SmsAttempt.filter(
+        message_id=message_id,
+        outcome=ProviderOutcome.TRANSIENT.value,
+        http_status__isnull=True,
+        error_code=TIMED_OUT,
+    ).count()
 
 
 async def number_paused(number: str) -> bool:
