@@ -123,7 +123,7 @@ class SmsDelivery:
         if message.status not in UNSENT:
             return DeliveryResult(message.status)
         earlier = await self._close_interrupted(message)
-        if "sent" in earlier:
+        if any(a.outcome == ProviderOutcome.SENT.value for a in earlier):
             # The provider took it but the status never settled: it went; don't send again.
             return await self._move(message, SmsStatus.SENT, sent_at=self._clock())
         if await number_paused(message.to_number):
@@ -153,20 +153,20 @@ class SmsDelivery:
                 error_code=result.error_code,
                 finished_at=self._clock(),
             )
-            settled = await self._settle(message, result, job_try)
+            settled = await self._settle(message, result, job_try, _timed_out(earlier))
         if result.outcome is ProviderOutcome.SENT and result.sid:
             # Only now can a receipt that came before the sid was recorded find its message.
             await apply_early_receipts(result.sid, self._clock)
         return settled
 
-    async def _close_interrupted(self, message: SmsMessage) -> list[str | None]:
+    async def _close_interrupted(self, message: SmsMessage) -> list[SmsAttempt]:
         """S4: a try without an outcome was cut off by a dead worker, and the provider may have
         sent it: it is closed and counted as a possible duplicate in one step. Returns the
-        outcomes of the earlier tries."""
-        earlier = [
-            a.outcome for a in await SmsAttempt.filter(message_id=message.id).only("id", "outcome")
-        ]
-        interrupted = earlier.count(None)
+        earlier tries (their outcome, HTTP status and error)."""
+        earlier = await SmsAttempt.filter(message_id=message.id).only(
+            "id", "outcome", "http_status", "error_code"
+        )
+        interrupted = sum(1 for a in earlier if a.outcome is None)
         if interrupted:
             async with in_transaction("default"):
                 await SmsAttempt.filter(message_id=message.id, outcome__isnull=True).update(
@@ -178,14 +178,14 @@ class SmsDelivery:
         return earlier
 
     async def _settle(
-        self, message: SmsMessage, result: ProviderResult, job_try: int
+        self, message: SmsMessage, result: ProviderResult, job_try: int, timed_out: int
     ) -> DeliveryResult:
         if result.outcome is ProviderOutcome.SENT:
             # The sid is recorded whatever the status became meanwhile: receipts look for it.
             await SmsMessage.filter(id=message.id).update(
                 provider_sid=result.sid,
                 sent_at=self._clock(),
-                duplicates=F("duplicates") + await _timed_out_tries(message.id),
+                duplicates=F("duplicates") + timed_out,
             )
             return await self._move(message, SmsStatus.SENT, error_code=None)
         if result.outcome is ProviderOutcome.PERMANENT:
@@ -236,16 +236,17 @@ class SmsDelivery:
         return codes.login_body(plain)
 
 
-async def _timed_out_tries(message_id: UUID) -> int:
-    """S4: the earlier tries of a message that timed out without an answer. Each may have
-    reached the provider, so once a later try is sent each is a possible duplicate; a try the
-    provider answered (even with an error) sent nothing."""
-    return await SmsAttempt.filter(
-        message_id=message_id,
-        outcome=ProviderOutcome.TRANSIENT.value,
-        http_status__isnull=True,
-        error_code=TIMED_OUT,
-    ).count()
+def _timed_out(earlier: list[SmsAttempt]) -> int:
+    """S4: the earlier tries that timed out without an answer. Each may have reached the
+    provider, so once a later try is sent each is a possible duplicate; a try the provider
+    answered (even with an error) sent nothing."""
+    return sum(
+        1
+        for a in earlier
+        if a.outcome == ProviderOutcome.TRANSIENT.value
+        and a.http_status is None
+        and a.error_code == TIMED_OUT
+    )
 
 
 async def number_paused(number: str) -> bool:
