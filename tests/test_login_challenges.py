@@ -19,7 +19,7 @@ import pyotp
 import pytest
 
 from gateway.accounts.clients import ClientKind
-from gateway.accounts.models import Session
+from gateway.accounts.models import Session, User
 from gateway.accounts.service import Client, IssuedSession
 from gateway.app import create_app
 from gateway.container import Services
@@ -27,6 +27,8 @@ from gateway.core.audit import SecurityEvent
 from gateway.core.code_throttle import FactorThrottle
 from gateway.core.crypto import token_digest
 from gateway.core.errors import DomainError, RateLimited
+from gateway.core.outcome import Outcome
+from gateway.core.passwords import Passwords
 from gateway.factors.base import TwoFactorMethod
 from gateway.login.models import ChallengeStatus, LoginChallenge
 from gateway.login.service import ChallengeView
@@ -544,6 +546,44 @@ async def test_l3_a_window_full_only_of_checks_in_flight_asks_for_a_second_not_i
         await guard.check(key, None)
     window = services.settings.login_failure_window_seconds
     assert window - 5 <= full.value.retry_after <= window
+
+
+async def test_l3_a3_a_check_that_dies_midway_leaves_the_window_without_counting(
+    make_services: Callable[..., Services], username: str
+) -> None:
+    """A check that raises after it started (here cancelled while argon2 runs; the database
+    going down does the same) must not hold its place for the in-flight lifetime: with a
+    limit of 1, the right password right after it was RATE_LIMITED for 30 s."""
+    services = make_services(login_failures_per_account=1)
+    user = await services.accounts.sign_up(username, PASSWORD)
+    # A costly hash, so the check is still at argon2 when it is cancelled.
+    slow = await Passwords(memory_kib=64 * 1024, time_cost=3).hash(PASSWORD)
+    await User.filter(id=user.id).update(password_hash=slow)
+    in_flight = f"kanmon:throttle:pw:acct:{username.casefold()}:inflight"
+    client = Client(ClientKind.WEB, None, random_ip())
+
+    async def log_in() -> object:
+        async with services.uow() as work:
+            return await services.login.login(username, PASSWORD, client, work)
+
+    async def reauthenticate() -> None:
+        session = await services.accounts.session_for_token(issued.token)
+        assert session is not None
+        await services.accounts.reauthenticate(session, PASSWORD, client.ip_address)
+
+    issued = await services.accounts.issue_session(user.id, client, password_proved=False)
+    for check in (log_in, reauthenticate):
+        task = asyncio.create_task(check())
+        while not await services.redis.zcard(in_flight):
+            assert not task.done(), "the check ended before it could be cancelled"
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await services.redis.zcard(in_flight) == 0, check.__name__
+    outcome = await log_in()
+    assert isinstance(outcome, Outcome)
+    assert isinstance(outcome.unwrap(), IssuedSession)
 
 
 async def test_l3_a3_parallel_reauthenticate_guesses_get_exactly_the_limit_checked(

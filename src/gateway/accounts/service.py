@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID, uuid4
@@ -120,6 +123,20 @@ class PasswordGuard:
     async def failed(self, attempt: PasswordAttempt) -> None:
         await self._end(attempt, failed=True, clear=False)
 
+    @asynccontextmanager
+    async def released_on_error(self, attempt: PasswordAttempt) -> AsyncIterator[None]:
+        """Around what follows `check` until the attempt has ended: if it raises (the database
+        is down, the request is cancelled), the attempt leaves the window without counting.
+        Left in flight, it filled the window for its 30 s, and a user retrying through a
+        database outage met RATE_LIMITED for the right password once the database was back.
+        Ending an attempt twice is harmless; if Redis is down too, the 30 s do it."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._end(attempt, failed=False, clear=False)
+            raise
+
     async def _end(self, attempt: PasswordAttempt, *, failed: bool, clear: bool) -> None:
         await self._counter.end_attempt(
             self._keys(attempt.account_key, attempt.ip_address),
@@ -223,12 +240,13 @@ class AccountService:
         """A3: proving the password again opens the recent-authentication window."""
         user = session.user
         attempt = await self.guard.check(user.username_key, ip_address)
-        if len(password) > MAX_PASSWORD or not await self.passwords.verify(
-            user.password_hash, password
-        ):
-            await self.guard.failed(attempt)
-            raise InvalidCredentials("The password is incorrect.")
-        await self.guard.succeeded(attempt)
+        async with self.guard.released_on_error(attempt):
+            if len(password) > MAX_PASSWORD or not await self.passwords.verify(
+                user.password_hash, password
+            ):
+                await self.guard.failed(attempt)
+                raise InvalidCredentials("The password is incorrect.")
+            await self.guard.succeeded(attempt)
         await Session.filter(id=session.id).update(password_verified_at=self._clock())
 
     def require_recent_auth(self, session: Session) -> None:

@@ -189,7 +189,8 @@ class AccountMutation:
         services = info.context.services
         caller = client_of(info, client)
         checked = await services.login.check_password(username, password, caller)
-        async with services.uow() as work:
+        released = services.accounts.guard.released_on_error(checked.attempt)
+        async with released, services.uow() as work:
             outcome = await services.login.finish_login(checked, caller, work)
         result = outcome.unwrap()
         if isinstance(result, ChallengeView):

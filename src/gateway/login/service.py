@@ -109,7 +109,8 @@ class LoginService:
     ) -> Outcome[LoginResult]:
         """L1, L2, L3, L6: both steps below in the caller's unit of work."""
         checked = await self.check_password(username, password, client)
-        return await self.finish_login(checked, client, work)
+        async with self._accounts.guard.released_on_error(checked.attempt):
+            return await self.finish_login(checked, client, work)
 
     async def check_password(self, username: str, password: str, client: Client) -> PasswordCheck:
         """The throttle, the account and argon2, outside any transaction: a hash takes tens of
@@ -120,10 +121,11 @@ class LoginService:
             raise BadUserInput("Username or password too long.")
         key = username.casefold()
         attempt = await self._accounts.guard.check(key, client.ip_address)
-        candidate = await store.login_candidate(key)
-        password_ok = await self._accounts.passwords.verify(
-            candidate[0].password_hash if candidate else None, password
-        )
+        async with self._accounts.guard.released_on_error(attempt):
+            candidate = await store.login_candidate(key)
+            password_ok = await self._accounts.passwords.verify(
+                candidate[0].password_hash if candidate else None, password
+            )
         return PasswordCheck(password, attempt, candidate, password_ok)
 
     async def finish_login(
