@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import graphql
 import httpx
 import pyotp
@@ -435,6 +436,31 @@ async def test_g2_an_unexpected_failure_is_masked_as_internal_and_logged_with_it
     assert "_failing_step" in logged
     assert "pool exhausted at step 7" in logged
     assert failure.__traceback__ is None
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.exceptions.CannotConnectNowError("the database system is shutting down"),
+        asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator"),
+        asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"),
+    ],
+)
+async def test_g2_postgresql_stopping_or_starting_is_service_unavailable(
+    services: Services, failure: Exception
+) -> None:
+    """asyncpg raises these itself while PostgreSQL shuts down, starts up or drops a
+    connection: clients that retry on SERVICE_UNAVAILABLE must see that, not INTERNAL."""
+    error = graphql.GraphQLError(str(failure), original_error=failure, path=["login"])
+    view = KanmonGraphQL(
+        services,
+        EventHub(services.redis),
+        development=False,
+        schema=build_schema(development=False),
+    )
+    body = await view.process_result(None, ExecutionResult(data=None, errors=[error]))  # type: ignore[arg-type]
+    assert codes_of(body) == ["SERVICE_UNAVAILABLE"], body
+    assert_no_trace(body)
 
 
 async def test_g2_unknown_challenge_is_not_found_without_trace(

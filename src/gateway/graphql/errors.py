@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from asyncpg.exceptions import OperatorInterventionError, PostgresConnectionError
 from graphql import GraphQLError
 from graphql.validation.validate import ValidationAbortedError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,6 +23,10 @@ log = logging.getLogger("gateway.graphql")
 TOO_COMPLEX = "The document is too complex to validate."
 
 UNAVAILABLE = (
+    # PostgreSQL shutting down or starting up (57P01, 57P03, ...) and lost connections: asyncpg
+    # raises these itself, not through tortoise's wrappers.
+    OperatorInterventionError,
+    PostgresConnectionError,
     RedisConnectionError,
     RedisTimeoutError,
     DBConnectionError,
