@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 import httpx
+from arq.connections import ArqRedis
+
+from gateway.app import READINESS_TIMEOUT_SECONDS, create_app
+from gateway.container import Services
+from gateway.core.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS, tortoise_config
+from gateway.settings import Settings
 
 
 async def test_w2_healthz_answers_200(client: httpx.AsyncClient) -> None:
@@ -19,3 +28,43 @@ async def test_w2_readyz_answers_200_when_database_and_redis_answer(
     body = response.json()
     assert body["status"] == "ready"
     assert body["checks"] == {"database": True, "redis": True}
+
+
+async def test_w2_readyz_answers_503_soon_when_redis_stops_answering(
+    settings: Settings, services: Services
+) -> None:
+    """A Redis that accepts connections but never answers (frozen, or partitioned after the
+    handshake): the probe says unavailable within its bound instead of hanging."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    frozen = ArqRedis(host="127.0.0.1", port=port)
+    app = create_app(settings, replace(services, redis=frozen))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            response = await asyncio.wait_for(http.get("/readyz"), READINESS_TIMEOUT_SECONDS + 10)
+        assert response.status_code == 503
+        assert response.json()["checks"] == {"database": True, "redis": False}
+    finally:
+        await frozen.aclose()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def test_w2_a_frozen_postgresql_cannot_hold_requests_or_startup_unbounded() -> None:
+    """Serving, workers and admin connect and run every statement within a bound (a request
+    then answers SERVICE_UNAVAILABLE); migrations keep no statement bound (an index built on a
+    large table takes what it takes)."""
+    url = "postgres://postgres@127.0.0.1:5432/kanmon"
+    serving = tortoise_config(url)["connections"]["default"]["credentials"]
+    migrating = tortoise_config(url, bounded=False)["connections"]["default"]["credentials"]
+    assert serving["timeout"] == migrating["timeout"] == CONNECT_TIMEOUT_SECONDS
+    assert serving["command_timeout"] == STATEMENT_TIMEOUT_SECONDS
+    assert "command_timeout" not in migrating

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -27,6 +28,8 @@ from gateway.graphql.view import KanmonGraphQL, RequestLimits
 from gateway.logs import RequestIdMiddleware
 from gateway.settings import Settings
 from gateway.webhooks.sms import sms_webhook_routes
+
+READINESS_TIMEOUT_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +63,19 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await close_database()
 
     async def readyz(_: Request) -> JSONResponse:
-        """W2: ready when the database and Redis both answer."""
+        """W2: ready when the database and Redis both answer, each within
+        READINESS_TIMEOUT_SECONDS: a frozen server must read as unavailable while the
+        orchestrator asks, not hold its probe until TCP gives up."""
         checks = {"database": False, "redis": False}
         try:
-            await connections.get("default").execute_query("SELECT 1")
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                await connections.get("default").execute_query("SELECT 1")
             checks["database"] = True
         except Exception:
             log.warning("readiness: database unavailable")
         try:
-            checks["redis"] = bool(await holder["services"].redis.ping())
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                checks["redis"] = bool(await holder["services"].redis.ping())
         except Exception:
             log.warning("readiness: redis unavailable")
         ready = all(checks.values())

@@ -44,7 +44,16 @@ class _NoResetConnection(asyncpg.Connection):  # type: ignore[misc]
         return ""
 
 
-def _connection(database_url: str) -> str | dict[str, Any]:
+# A PostgreSQL that stops answering (frozen, partitioned away) must not hold every request
+# until TCP gives up: connecting gives up after CONNECT_TIMEOUT and each statement after
+# STATEMENT_TIMEOUT, which the API then answers as SERVICE_UNAVAILABLE. The slowest statement
+# of the serving, worker and admin paths takes milliseconds; migrations (an index built on a
+# large table) run without the statement limit.
+CONNECT_TIMEOUT_SECONDS = 5.0
+STATEMENT_TIMEOUT_SECONDS = 30.0
+
+
+def _connection(database_url: str, *, bounded: bool) -> str | dict[str, Any]:
     if database_url.startswith("sqlite://") and "busy_timeout" not in database_url:
         # Wait for a lock (another process's write) instead of failing at once.
         separator = "&" if "?" in database_url else "?"
@@ -52,13 +61,18 @@ def _connection(database_url: str) -> str | dict[str, Any]:
     if not database_url.startswith(("postgres://", "asyncpg://")):
         return database_url
     expanded: dict[str, Any] = expand_db_url(database_url)
-    expanded["credentials"]["connection_class"] = _NoResetConnection
+    credentials = expanded["credentials"]
+    credentials["connection_class"] = _NoResetConnection
+    credentials.setdefault("timeout", CONNECT_TIMEOUT_SECONDS)
+    if bounded:
+        credentials.setdefault("command_timeout", STATEMENT_TIMEOUT_SECONDS)
     return expanded
 
 
-def tortoise_config(database_url: str) -> dict[str, Any]:
+def tortoise_config(database_url: str, *, bounded: bool = True) -> dict[str, Any]:
+    """`bounded`: statements time out (everything but migrations)."""
     return {
-        "connections": {"default": _connection(database_url)},
+        "connections": {"default": _connection(database_url, bounded=bounded)},
         "apps": {
             APP_LABEL: {
                 "models": MODEL_MODULES,
@@ -103,5 +117,5 @@ async def apply_migrations(database_url: str) -> None:
     from tortoise.migrations.api import migrate
 
     prepare_sqlite_directory(database_url)
-    await migrate(config=tortoise_config(database_url))
+    await migrate(config=tortoise_config(database_url, bounded=False))
     await Tortoise.close_connections()
