@@ -82,6 +82,25 @@ def test_w1_an_out_of_range_argument_is_refused(tmp_path: Path, arguments: list[
     assert "error: argument" in done.stderr
 
 
+def test_o2_an_unexpected_error_ends_a_command_as_one_json_log_line(tmp_path: Path) -> None:
+    """A log pipeline reads one JSON object per line: the traceback goes inside the record."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]  # nothing listens once the probe closes
+    done = kanmon(
+        "migrate",
+        tmp_path=tmp_path,
+        KANMON_DATABASE_URL=f"postgres://postgres@127.0.0.1:{closed}/nothing",
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    record = json.loads(lines[0])
+    assert record["level"] == "ERROR"
+    assert record["command"] == "migrate"
+    assert "ConnectionRefusedError" in record["exception"]
+
+
 def test_w1_migrate_makes_the_sqlite_directory(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "er" / "kanmon.sqlite3"
     done = kanmon("migrate", tmp_path=tmp_path, KANMON_DATABASE_URL=f"sqlite://{target}")

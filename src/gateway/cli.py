@@ -155,6 +155,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        _log_failure(args.command)
+        return 1
+
+
+def _log_failure(command: str) -> None:
+    """An unexpected error ends the command as one JSON log line, its traceback inside, like
+    every other line a worker or gateway writes: a raw multi-line traceback broke the log
+    pipeline's parsing exactly when something had gone wrong. Commands that configure no logging
+    (migrate, export-schema) get the JSON logger here."""
+    import logging
+
+    from gateway.logs import configure_logging
+
+    if not logging.getLogger().handlers:
+        configure_logging()
+    logging.getLogger("kanmon").exception(
+        "kanmon %s stopped on an unexpected error", command, extra={"command": command}
+    )
 
 
 if __name__ == "__main__":
