@@ -216,10 +216,11 @@ def ready(port: int) -> bool:
         return False
 
 
-def test_w1_a_worker_whose_redis_goes_away_exits_instead_of_hanging(tmp_path: Path) -> None:
-    """arq's close removes its health key before the shutdown hook: with Redis gone that
-    failed first, the database stayed open, and SQLite's connection thread kept the process
-    alive for good (SIGTERM too). A supervisor must see it exit, to restart it."""
+def test_w1_a_worker_whose_redis_is_gone_still_stops_on_sigterm(tmp_path: Path) -> None:
+    """A worker waits for a lost Redis to come back (O2), but SIGTERM still stops it. arq's
+    close removes its health key before the shutdown hook: with Redis gone that failed first,
+    the database stayed open, and SQLite's connection thread kept the process alive for good.
+    A supervisor must see it exit."""
     from gateway.dev import start_embedded_redis
 
     path = tmp_path / "k.sqlite3"
@@ -236,25 +237,32 @@ def test_w1_a_worker_whose_redis_goes_away_exits_instead_of_hanging(tmp_path: Pa
         )
     server, redis_url = start_embedded_redis()
     env = kanmon_env(tmp_path, KANMON_DATABASE_URL=database, KANMON_REDIS_URL=redis_url)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "worker", "--queue", "maintenance"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "worker", "--queue", "maintenance"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     try:
         assert until(lambda: swept(path), 60), "the worker never swept the outbox"
         server.stop()
-        output, _ = worker.communicate(timeout=60)
+        assert until(lambda: "Redis unreachable" in log.read_text(), 60), log.read_text()
+        assert worker.poll() is None, log.read_text()  # waiting for Redis, not gone
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
     finally:
         if worker.poll() is None:
             worker.kill()
         with contextlib.suppress(Exception):
             server.stop()
-    assert worker.returncode != 0
+    output = log.read_text()
+    assert worker.returncode == 1, output  # not a clean stop: its jobs could not be handed back
     assert "worker closing without Redis" in output
+    assert all(json.loads(line) for line in output.splitlines()), output  # no raw traceback
 
 
 def swept(path: Path) -> bool:

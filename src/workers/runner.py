@@ -6,7 +6,8 @@ traffic and about a tenth of its CPU per fan-out job on a 2-core machine. The sc
 the same checks and the same mark atomically, and a job this worker is running is passed over
 without asking Redis (a job stays in the queue until it ends, so each poll meets the running ones
 again). Everything else (polling, running, retries, results, health checks, shutdown) is arq's,
-but for `close`, which runs the shutdown hook also when Redis is gone.
+but for `close`, which runs the shutdown hook also when Redis is gone, and for losing Redis
+while running, which arq ends the worker on and this one waits out (workers.redis_loss).
 `start_jobs` follows arq 0.28's line for line but for the claim; tests/test_worker_claim.py fails
 when arq's own changes, so an upgrade is reviewed."""
 
@@ -22,6 +23,8 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+
+from workers.redis_loss import REDIS_LOST, RedisLoss
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class KanmonWorker(Worker):
         super().__init__(*args, **kwargs)
         self._claim: AsyncScript | None = None
         self._closed = False
+        self._redis = RedisLoss()
 
     async def close(self) -> None:
         """arq removes its health key before `on_shutdown`: with Redis gone (often why the
@@ -68,6 +72,35 @@ class KanmonWorker(Worker):
                 await self.on_shutdown(self.ctx)
             raise
 
+    async def _poll_iteration(self) -> None:
+        """arq's poll, tried again with a growing wait while Redis cannot be reached, where arq
+        let the error end `main` and the worker with it. Only a signal (which cancels the wait)
+        or a burst's end stops the worker. Nothing is lost by retrying the whole poll: it reads
+        the queue afresh, and the claim script, gone with a restarted Redis, is loaded again on
+        NOSCRIPT by redis-py."""
+        while True:
+            try:
+                await super()._poll_iteration()
+            except REDIS_LOST as error:
+                self._redis.failed(error)
+                # Recorded as soon as Redis answers: one that restarted empty lost the key, and
+                # `kanmon admin queues` would show no live worker until the next interval.
+                self._last_health_check = 0
+            else:
+                self._redis.answered()
+                return
+            await asyncio.sleep(self._redis.next_delay())
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """A job whose bookkeeping (reading it, recording its end) met a lost Redis ends here,
+        counted in the outage's report, rather than raising again from arq's next poll once
+        Redis is back (which would report the outage twice). Its in-progress mark makes it run
+        again after its timeout, or the outbox sweeper re-drives it if Redis came back empty."""
+        try:
+            await super().run_job(job_id, score)
+        except REDIS_LOST as error:
+            self._redis.failed(error, job=True)
+
     def _claim_script(self) -> AsyncScript:
         if self._claim is None:
             self._claim = self.pool.register_script(_CLAIM)
@@ -91,7 +124,13 @@ class KanmonWorker(Worker):
                 continue
             ttl_ms = int(self.in_progress_timeout_s * 1000)
             keys = [in_progress_key_prefix + job_id, self.queue_name]
-            score = await claim(keys=keys, args=[job_id, ttl_ms, timestamp_ms()])
+            try:
+                score = await claim(keys=keys, args=[job_id, ttl_ms, timestamp_ms()])
+            except BaseException:
+                # Not started: its slot is free again for the poll that follows (arq's would
+                # stay taken, one fewer job at a time after each Redis loss).
+                self._release_sem_dec_counter_on_complete()
+                raise
             if score is None:
                 # running elsewhere, finished and removed, or re-queued for later
                 self._release_sem_dec_counter_on_complete()

