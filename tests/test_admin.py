@@ -36,8 +36,10 @@ from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
     JOB_NOTICE_SEND,
     QUEUE_MAINTENANCE,
+    QUEUE_PUSH,
+    QUEUE_SMS,
+    QUEUES,
     JobRequest,
-    queue_key,
 )
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 from gateway.factors.backup_codes.models import BackupCode, BackupCodeStatus
@@ -363,33 +365,54 @@ async def test_o1_cli_sms_stuck_lists_a_stuck_message_masked(settings: Settings)
         await SmsMessage.filter(id=message.id).update(status=SmsStatus.FAILED)
 
 
+def _queue_table(ran: Ran) -> dict[str, list[str]]:
+    header, *rows = ran.stdout.splitlines()
+    assert header.split() == ["QUEUE", "DEPTH", "OLDEST", "DUE", "WORKER"]
+    return {row.split()[0]: row.split()[1:] for row in rows}
+
+
+def _burst_worker(settings: Settings, queue: str) -> KanmonWorker:
+    worker = KanmonWorker(**worker_options(settings, queue), burst=True, handle_signals=False)
+    worker.cron_jobs = []
+    return worker
+
+
 async def test_o1_cli_queues_and_worker_check_follow_a_real_worker(
     settings: Settings, redis: ArqRedis
 ) -> None:
-    key = f"{queue_key(QUEUE_MAINTENANCE)}:health-check"
-    await redis.delete(key)
+    """`admin queues` exits 1 (needs attention) while any queue has no live worker, 0 once
+    every queue has one."""
+    await redis.delete(*(reports.health_check_key(queue) for queue in QUEUES))
     assert (await kanmon(settings, "worker", "--queue", QUEUE_MAINTENANCE, "--check")).code == 1
+    nobody = await kanmon(settings, "admin", "queues")
 
-    worker = KanmonWorker(
-        **worker_options(settings, QUEUE_MAINTENANCE), burst=True, handle_signals=False
-    )
-    worker.cron_jobs = []
+    workers = {queue: _burst_worker(settings, queue) for queue in QUEUES}
     try:
-        await worker.main()  # burst: drains the queue, has written its health-check key
+        # burst: each drains its queue and has written its health-check key
+        await workers[QUEUE_MAINTENANCE].main()
         checked = await kanmon(settings, "worker", "--queue", QUEUE_MAINTENANCE, "--check")
         assert checked.code == 0, checked
-        queues = await kanmon(settings, "admin", "queues")
+        one_of_three = await kanmon(settings, "admin", "queues")
+        await workers[QUEUE_SMS].main()
+        await workers[QUEUE_PUSH].main()
+        every_queue = await kanmon(settings, "admin", "queues")
     finally:
-        await worker.close()  # arq deletes the key on an orderly shutdown
+        for worker in workers.values():
+            await worker.close()  # arq deletes the key on an orderly shutdown
 
-    assert queues.code == 0, queues
-    header, *rows = queues.stdout.splitlines()
-    assert header.split() == ["QUEUE", "DEPTH", "OLDEST", "DUE", "WORKER"]
-    table = {row.split()[0]: row.split() for row in rows}
+    assert nobody.code == 1, nobody
+    assert {row[-1] for row in _queue_table(nobody).values()} == {"none"}
+
+    assert one_of_three.code == 1, one_of_three
+    table = _queue_table(one_of_three)
     assert set(table) == {"sms", "push", "maintenance"}
-    assert table["maintenance"][1:] == ["0", "-", "alive"]
+    assert table["maintenance"] == ["0", "-", "alive"]
+    assert table["sms"][-1] == table["push"][-1] == "none"
+
+    assert every_queue.code == 0, every_queue
+    assert {row[-1] for row in _queue_table(every_queue).values()} == {"alive"}
 
     assert (await kanmon(settings, "worker", "--queue", QUEUE_MAINTENANCE, "--check")).code == 1
     gone = await kanmon(settings, "admin", "queues")
-    workers = {row.split()[0]: row.split()[-1] for row in gone.stdout.splitlines()[1:]}
-    assert workers["maintenance"] == "none"
+    assert gone.code == 1, gone
+    assert _queue_table(gone)["maintenance"][-1] == "none"

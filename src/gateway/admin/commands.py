@@ -2,7 +2,8 @@
 
 Exit codes, the same for every subcommand, so scripts can branch on them:
   0  done; nothing needs attention
-  1  something needs attention (stuck SMS; outbox rows still stuck after --replay)
+  1  something needs attention (stuck SMS; outbox rows still stuck after --replay; a queue
+     without a live worker)
   2  usage or configuration error (argparse, a missing KANMON_* setting or key)
   3  reset-2fa: no account has that username
   4  the database or Redis could not be used (the message says why)
@@ -275,7 +276,9 @@ async def _queues(settings: Settings, _: argparse.Namespace) -> int:
             for d in depths
         ],
     )
-    return EXIT_OK
+    # A queue nobody consumes grows silently (logins wait on sms and push): scripts and probes
+    # branch on the exit code, not on the table.
+    return EXIT_OK if all(d.worker_alive for d in depths) else EXIT_ATTENTION
 
 
 async def _rekey(settings: Settings, args: argparse.Namespace) -> int:
@@ -393,7 +396,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Per queue (sms, push, maintenance): jobs waiting, how long the oldest due "
             "job has waited, and whether a worker's health-check key is present."
         ),
-        epilog=_exit_codes("0  shown", "2  usage error", "4  Redis could not be used"),
+        epilog=_exit_codes(
+            "0  shown; every queue has a live worker",
+            "1  shown; some queue has no live worker (WORKER none)",
+            "2  usage error",
+            "4  Redis could not be used",
+        ),
         formatter_class=formatter,
     )
     queues.set_defaults(admin_handler=_queues)
