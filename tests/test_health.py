@@ -9,9 +9,15 @@ import httpx
 from arq.connections import ArqRedis
 
 from gateway.app import READINESS_TIMEOUT_SECONDS, create_app
-from gateway.container import Services
+from gateway.container import (
+    REDIS_COMMAND_TIMEOUT_SECONDS,
+    Services,
+    bound_commands,
+    build_services,
+)
 from gateway.core.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS, tortoise_config
 from gateway.settings import Settings
+from tests.graphql_client import LOGIN, PASSWORD, gql
 
 
 async def test_w2_healthz_answers_200(client: httpx.AsyncClient) -> None:
@@ -68,3 +74,36 @@ def test_w2_a_frozen_postgresql_cannot_hold_requests_or_startup_unbounded() -> N
     assert serving["timeout"] == migrating["timeout"] == CONNECT_TIMEOUT_SECONDS
     assert serving["command_timeout"] == STATEMENT_TIMEOUT_SECONDS
     assert "command_timeout" not in migrating
+
+
+async def test_w2_a_login_answers_service_unavailable_soon_when_redis_stops_answering(
+    settings: Settings, services: Services, redis: ArqRedis, username: str
+) -> None:
+    """The L3 throttle asks Redis first: with a Redis that accepts connections but answers
+    nothing, a login gives up after the command bound instead of waiting for TCP."""
+    assert redis.connection_pool.connection_kwargs["socket_timeout"] == (
+        REDIS_COMMAND_TIMEOUT_SECONDS
+    )
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    frozen = ArqRedis(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    await bound_commands(frozen)
+    app = create_app(settings, build_services(settings, frozen))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            body = await asyncio.wait_for(
+                gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"}),
+                REDIS_COMMAND_TIMEOUT_SECONDS + 10,
+            )
+        assert [e["extensions"]["code"] for e in body["errors"]] == ["SERVICE_UNAVAILABLE"]
+    finally:
+        await frozen.aclose()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()

@@ -66,13 +66,31 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
+# A Redis that accepts connections but stops answering (frozen, partitioned after the
+# handshake) must not hold every login until TCP gives up: each command gives up after this,
+# and the API answers SERVICE_UNAVAILABLE. Commands take well under a millisecond; the event
+# hub's pub/sub reads wait with their own timeout (core.events).
+REDIS_COMMAND_TIMEOUT_SECONDS = 5.0
+
+
 async def connect_redis(url: str) -> ArqRedis:
-    """One client for arq enqueues, throttles and (later) pub/sub: redis-py 5 asyncio."""
-    return await create_pool(
+    """One client for arq enqueues, throttles and pub/sub: redis-py 5 asyncio. arq's settings
+    carry a connect timeout only: the read timeout is set on the pool, and the connection arq
+    opened to ping is dropped so that every connection has it."""
+    client = await create_pool(
         redis_settings(url),
         job_serializer=serialize,
         job_deserializer=deserialize,
     )
+    await bound_commands(client)
+    return client
+
+
+async def bound_commands(client: ArqRedis) -> None:
+    """Every connection of `client` from now on gives up on a command after
+    REDIS_COMMAND_TIMEOUT_SECONDS; the ones already open are dropped."""
+    client.connection_pool.connection_kwargs["socket_timeout"] = REDIS_COMMAND_TIMEOUT_SECONDS
+    await client.connection_pool.disconnect()
 
 
 def build_services(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "kanmon:ev:"
 RECONNECT_MAX_SECONDS = 2.0
+LISTEN_WAIT_SECONDS = 30.0
 
 
 def challenge_channel(challenge_id: UUID) -> str:
@@ -94,8 +95,12 @@ class EventHub:
                 await pubsub.psubscribe(f"{PREFIX}*")
                 self._wake_all()  # anything published while we were away is re-read
                 delay = 0.05
-                async for message in pubsub.listen():
-                    self._dispatch(message)
+                while True:
+                    # A wait of its own, not the client's command timeout (which would end
+                    # an idle listener as an error): None when nothing came meanwhile.
+                    message = await pubsub.get_message(timeout=LISTEN_WAIT_SECONDS)
+                    if message is not None:
+                        self._dispatch(message)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError):
