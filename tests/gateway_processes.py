@@ -14,10 +14,11 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -28,6 +29,7 @@ from gateway.settings import Settings
 # machine then leaves the suite's processes alone.
 KANMON = [sys.executable, "-m", "gateway.cli"]
 START_SECONDS = 30.0
+POLL_SECONDS = 0.05
 STOP_SECONDS = 20.0
 
 
@@ -76,6 +78,27 @@ class KanmonProcess:
             return self.log_path.read_text(errors="replace")[-characters:]
         except OSError:
             return "<no log>"
+
+    async def until(
+        self, ready: Callable[[], Awaitable[Any]], what: str, seconds: float = START_SECONDS
+    ) -> None:
+        """Polls the process's state until `ready()` is true (no event crosses the process
+        boundary); fails at once, with the process's log, if the process exits meanwhile."""
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    if self.process.returncode is not None:
+                        raise AssertionError(
+                            f"{self.name} exited with {self.process.returncode} while waiting "
+                            f"for {what}\n{self.log_tail()}"
+                        )
+                    if await ready():
+                        return
+                    await asyncio.sleep(POLL_SECONDS)  # pacing of the poll
+        except TimeoutError:
+            raise AssertionError(
+                f"{self.name}: no {what} after {seconds:.0f} s\n{self.log_tail()}"
+            ) from None
 
     async def stop(self) -> int:
         """SIGTERM, then wait; a process that does not stop in time is killed and reported."""
@@ -127,23 +150,14 @@ async def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path)
 async def _wait_ready(gateway: Gateway) -> None:
     """Polls /readyz until the gateway answers 200; fails at once if the process exits."""
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=2.0) as http:
-        try:
-            async with asyncio.timeout(START_SECONDS):
-                while True:
-                    if gateway.process.returncode is not None:
-                        raise AssertionError(
-                            f"{gateway.name} exited with {gateway.process.returncode} before "
-                            f"it was ready\n{gateway.log_tail()}"
-                        )
-                    with contextlib.suppress(httpx.TransportError):
-                        ready = await http.get("/readyz")
-                        if ready.status_code == 200:
-                            return
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(
-                f"{gateway.name} was not ready after {START_SECONDS:.0f} s\n{gateway.log_tail()}"
-            ) from None
+
+        async def ready() -> bool:
+            try:
+                return (await http.get("/readyz")).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        await gateway.until(ready, "readiness (/readyz 200)")
 
 
 async def start_gateway(

@@ -402,6 +402,19 @@ def _failing_step() -> None:
     raise RuntimeError("connection pool exhausted at step 7")
 
 
+async def answer_to_failure(services: Services, failure: Exception, field: str) -> dict[str, Any]:
+    """What the production view answers for an operation whose `field` raised `failure`."""
+    error = graphql.GraphQLError(str(failure), original_error=failure, path=[field])
+    view = KanmonGraphQL(
+        services,
+        EventHub(services.redis),
+        development=False,
+        schema=build_schema(development=False),
+    )
+    answer = await view.process_result(None, ExecutionResult(data=None, errors=[error]))  # type: ignore[arg-type]
+    return dict(answer)
+
+
 async def test_g2_an_unexpected_failure_is_masked_as_internal_and_logged_with_its_traceback(
     services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -411,15 +424,8 @@ async def test_g2_an_unexpected_failure_is_masked_as_internal_and_logged_with_it
         _failing_step()
     except RuntimeError as exc:
         failure = exc
-    error = graphql.GraphQLError(str(failure), original_error=failure, path=["viewer"])
-    view = KanmonGraphQL(
-        services,
-        EventHub(services.redis),
-        development=False,
-        schema=build_schema(development=False),
-    )
     with caplog.at_level(logging.ERROR, logger="gateway.graphql"):
-        body = await view.process_result(None, ExecutionResult(data=None, errors=[error]))  # type: ignore[arg-type]
+        body = await answer_to_failure(services, failure, "viewer")
 
     assert body["errors"] == [
         {
@@ -451,14 +457,7 @@ async def test_g2_postgresql_stopping_or_starting_is_service_unavailable(
 ) -> None:
     """asyncpg raises these itself while PostgreSQL shuts down, starts up or drops a
     connection: clients that retry on SERVICE_UNAVAILABLE must see that, not INTERNAL."""
-    error = graphql.GraphQLError(str(failure), original_error=failure, path=["login"])
-    view = KanmonGraphQL(
-        services,
-        EventHub(services.redis),
-        development=False,
-        schema=build_schema(development=False),
-    )
-    body = await view.process_result(None, ExecutionResult(data=None, errors=[error]))  # type: ignore[arg-type]
+    body = await answer_to_failure(services, failure, "login")
     assert codes_of(body) == ["SERVICE_UNAVAILABLE"], body
     assert_no_trace(body)
 

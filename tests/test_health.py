@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
 from arq.connections import ArqRedis
+from starlette.applications import Starlette
 
 from gateway.app import READINESS_TIMEOUT_SECONDS, create_app
 from gateway.container import (
@@ -18,6 +21,34 @@ from gateway.container import (
 from gateway.core.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS, tortoise_config
 from gateway.settings import Settings
 from tests.graphql_client import LOGIN, PASSWORD, gql
+
+
+@asynccontextmanager
+async def frozen_redis() -> AsyncIterator[ArqRedis]:
+    """A client of a server that accepts connections but reads nothing and answers nothing,
+    as a frozen Redis (or one partitioned away after the handshake) does."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    client = ArqRedis(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def app_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
 
 
 async def test_w2_healthz_answers_200(client: httpx.AsyncClient) -> None:
@@ -41,27 +72,12 @@ async def test_w2_readyz_answers_503_soon_when_redis_stops_answering(
 ) -> None:
     """A Redis that accepts connections but never answers (frozen, or partitioned after the
     handshake): the probe says unavailable within its bound instead of hanging."""
-    silent: list[asyncio.StreamWriter] = []
-
-    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        silent.append(writer)  # read nothing, answer nothing
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    frozen = ArqRedis(host="127.0.0.1", port=port)
-    app = create_app(settings, replace(services, redis=frozen))
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with frozen_redis() as frozen:
+        app = create_app(settings, replace(services, redis=frozen))
+        async with app_client(app) as http:
             response = await asyncio.wait_for(http.get("/readyz"), READINESS_TIMEOUT_SECONDS + 10)
-        assert response.status_code == 503
-        assert response.json()["checks"] == {"database": True, "redis": False}
-    finally:
-        await frozen.aclose()
-        for writer in silent:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": True, "redis": False}
 
 
 def test_w2_a_frozen_postgresql_cannot_hold_requests_or_startup_unbounded() -> None:
@@ -84,26 +100,12 @@ async def test_w2_a_login_answers_service_unavailable_soon_when_redis_stops_answ
     assert redis.connection_pool.connection_kwargs["socket_timeout"] == (
         REDIS_COMMAND_TIMEOUT_SECONDS
     )
-    silent: list[asyncio.StreamWriter] = []
-
-    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        silent.append(writer)
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    frozen = ArqRedis(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
-    await bound_commands(frozen)
-    app = create_app(settings, build_services(settings, frozen))
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+    async with frozen_redis() as frozen:
+        await bound_commands(frozen)
+        app = create_app(settings, build_services(settings, frozen))
+        async with app_client(app) as http:
             body = await asyncio.wait_for(
                 gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"}),
                 REDIS_COMMAND_TIMEOUT_SECONDS + 10,
             )
-        assert [e["extensions"]["code"] for e in body["errors"]] == ["SERVICE_UNAVAILABLE"]
-    finally:
-        await frozen.aclose()
-        for writer in silent:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    assert [e["extensions"]["code"] for e in body["errors"]] == ["SERVICE_UNAVAILABLE"]

@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 from arq.connections import ArqRedis
@@ -28,29 +27,9 @@ from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, deserialize, queue_k
 from gateway.settings import Settings
 from tests.gateway_processes import KanmonProcess, running_worker
 
-WAIT_SECONDS = 30.0
-POLL_SECONDS = 0.05
 HEALTH_KEY = f"{queue_key(QUEUE_PUSH)}:health-check"
 # Reconnections refused before the server comes back: enough for the back-off to show.
 REFUSED = 4
-
-
-async def until(worker: KanmonProcess, ready: Callable[[], Awaitable[Any]], what: str) -> None:
-    """Polls another process's state (no event crosses the boundary); fails at once, with the
-    worker's log, if the worker exits meanwhile."""
-    try:
-        async with asyncio.timeout(WAIT_SECONDS):
-            while True:
-                if worker.process.returncode is not None:
-                    raise AssertionError(
-                        f"the worker exited with {worker.process.returncode} while waiting for "
-                        f"{what}\n{worker.log_tail()}"
-                    )
-                if await ready():
-                    return
-                await asyncio.sleep(POLL_SECONDS)  # pacing of the poll, not a synchronisation
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}\n{worker.log_tail()}") from None
 
 
 @asynccontextmanager
@@ -78,7 +57,7 @@ async def refuse_reconnections(socket_path: Path, worker: KanmonProcess) -> list
 
     listener = await asyncio.start_unix_server(hang_up, path=str(socket_path))
     try:
-        await until(worker, _is_set(enough), f"{REFUSED} reconnection attempts")
+        await worker.until(_is_set(enough), f"{REFUSED} reconnection attempts")
     finally:
         listener.close()
         await listener.wait_closed()
@@ -105,7 +84,7 @@ async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
     try:
         async with running_worker(settings, QUEUE_PUSH, {"KANMON_REDIS_URL": url}) as worker:
             async with client(url) as redis:
-                await until(worker, lambda: redis.exists(HEALTH_KEY), "the worker's health check")
+                await worker.until(lambda: redis.exists(HEALTH_KEY), "the worker's health check")
 
             await asyncio.to_thread(server.stop)
             attempts = await refuse_reconnections(socket_path, worker)
@@ -117,15 +96,15 @@ async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
                 job_id = str(uuid4())
                 payload = {"request_id": str(uuid4())}  # unknown: the fan-out ends at once
                 assert await JobQueue(redis).enqueue(JOB_PUSH_FAN_OUT, payload, job_id, QUEUE_PUSH)
-                await until(
-                    worker, lambda: redis.exists(result_key_prefix + job_id), "the job's result"
+                await worker.until(
+                    lambda: redis.exists(result_key_prefix + job_id), "the job's result"
                 )
                 result = await Job(job_id, redis, _deserializer=deserialize).result_info()
                 assert result is not None
                 assert result.success, result.result
                 # `kanmon admin queues` and `worker --check` see it alive again without waiting
                 # for its next 30 s health interval.
-                await until(worker, lambda: redis.exists(HEALTH_KEY), "a new health check")
+                await worker.until(lambda: redis.exists(HEALTH_KEY), "a new health check")
             assert worker.process.returncode is None
         # running_worker has stopped it with SIGTERM and checked it exited 0.
 

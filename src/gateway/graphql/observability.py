@@ -28,7 +28,8 @@ from strawberry.types import ExecutionContext
 from strawberry.types.graphql import OperationType
 
 from gateway.core.metrics import GRAPHQL_SECONDS, operation_label
-from gateway.graphql.text_inputs import NUL_IN_TEXT, has_nul
+from gateway.core.text import has_nul
+from gateway.graphql.text_inputs import NUL_IN_TEXT
 
 CACHED_DOCUMENTS = 1024
 

@@ -94,7 +94,7 @@ class SmsKeywords:
         if not waiting:
             return
         challenge = waiting[0]
-        if await self._sms.resend_latest(user_id, number, [challenge.id], work):
+        if await self._sms.resend_latest(user_id, number, challenge.id, work):
             return
         if TwoFactorMethod.SMS.value not in challenge.methods:
             challenge.methods = with_method(challenge.methods, TwoFactorMethod.SMS)

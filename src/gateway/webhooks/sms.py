@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.container import Services
+from gateway.core.text import has_nul
 from gateway.factors.sms.delivery import apply_receipt
 from gateway.factors.sms.signature import valid_signature
 from gateway.login.sms_keywords import InboundSms
@@ -54,7 +55,7 @@ async def _signed_form(request: Request, services: Services) -> list[tuple[str, 
     if not valid_signature(_auth_tokens(services), url, params, signature):
         log.warning("webhook signature refused", extra={"path": request.url.path})
         return Response(status_code=403)
-    if any("\x00" in name or "\x00" in value for name, value in params):
+    if has_nul(params):
         log.warning("webhook form with a NUL byte refused", extra={"path": request.url.path})
         return Response(status_code=400)
     return params

@@ -59,12 +59,12 @@ class SendGuard:
         if purpose is SendPurpose.VERIFY_NUMBER:
             scope = "sms"
             windows = [
-                (f"sms:num:{number.e164}", limits.per_number_per_hour, HOUR),
+                (f"{scope}:num:{number.e164}", limits.per_number_per_hour, HOUR),
                 (f"sms:block:{number.block}", limits.per_block_per_hour, HOUR),
             ]
         else:
             scope = "sms:login"
-            windows = [(f"sms:login:num:{number.e164}", limits.per_number_per_hour, HOUR)]
+            windows = [(f"{scope}:num:{number.e164}", limits.per_number_per_hour, HOUR)]
         windows.append(("sms:global", limits.global_per_minute, MINUTE))
         if user_id is not None:
             windows.append((f"sms:acct:{user_id}", limits.per_account_per_hour, HOUR))

@@ -200,7 +200,7 @@ class SmsService:
         ip: str | None,
         work: UnitOfWork,
     ) -> None:
-        """L4: the first code goes at once to `number`, the account's `usable_number` (S7
+        """L4: the first code goes at once to `number`, the account's `sms_ready_number` (S7
         still applies; a refusal leaves the challenge to the other methods and to
         `requestSmsCode`)."""
         with contextlib.suppress(RateLimited, InvalidPhoneNumber):
@@ -273,19 +273,16 @@ class SmsService:
         )
 
     async def resend_latest(
-        self, user_id: UUID, number: str, waiting_challenges: list[UUID], work: UnitOfWork
+        self, user_id: UUID, number: str, challenge_id: UUID, work: UnitOfWork
     ) -> bool:
-        """H9 GO: resends, unchanged, the latest unexpired code sent to `number` for one of
-        `user_id`'s challenges still waiting (S7 applies). Returns whether a message was
-        queued."""
-        if not waiting_challenges:
-            return False
+        """H9 GO: resends, unchanged, the latest unexpired code sent to `number` for the
+        waiting challenge (S7 applies). Returns whether a message was queued."""
         latest = (
             await SmsCode.filter(
                 user_id=user_id,
                 purpose=SmsCodePurpose.LOGIN,
                 number=number,
-                challenge_id__in=waiting_challenges,
+                challenge_id=challenge_id,
                 used_at__isnull=True,
                 expires_at__gt=self._clock(),
             )
