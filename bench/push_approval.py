@@ -37,8 +37,10 @@ the rest in bulk with the same rows (user with 2FA on and the first one's argon2
 session with its device, the device with its sealed login-code secret).
 
 Phases:
-  1. logins: every user logs in as WEB over HTTP on A (--login-concurrency in flight, or
-     --login-rate per second in an open loop, latency at a stated load) and gets
+  1. logins: every user logs in as WEB over HTTP on A (--login-rate per second in an open loop,
+     20 by default: latency at a stated load, as the approvals' is; or, with --login-rate 0, a
+     closed loop of --login-concurrency in flight, which saturates the cores with argon2
+     verifies, so its latency is that queue: in flight / rate) and gets
      a challenge (id, token, matchNumber). Login -> FCM dispatch: from sending `login` to the
      fake receiving the message whose data.request_id is that login's request (split into the
      login response and what follows: commit -> outbox relay -> arq -> worker -> FCM).
@@ -853,7 +855,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--login-rate",
         type=float,
-        default=0.0,
+        default=20.0,
         help="logins per second in an open loop (0: a closed loop of --login-concurrency)",
     )
     parser.add_argument("--connect-concurrency", type=int, default=64, help="sockets opening")
