@@ -125,7 +125,9 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
 
 class _LazyEvents:
-    """One EventHub per process, on the services' Redis, started on first use."""
+    """One EventHub per process, on the services' Redis. Its listener starts with the first
+    subscription (`EventHub.subscribe`), not the first request: a process that serves only
+    queries and mutations publishes, and holds no pub/sub connection."""
 
     def __init__(self, holder: dict[str, Services]) -> None:
         self._holder = holder
@@ -134,7 +136,6 @@ class _LazyEvents:
     def get(self) -> EventHub:
         if self.hub is None:
             self.hub = EventHub(self._holder["services"].redis)
-            self.hub.start()
         return self.hub
 
     async def stop(self) -> None:

@@ -105,6 +105,11 @@ class EventHub:
                 raise
             except (RedisError, OSError):
                 log.warning("event listener lost Redis; reconnecting")
+            except Exception:
+                # redis-py can fail with other errors when a connection closes under a command
+                # (AttributeError or TypeError from its stream writer). The listener is the
+                # process's only ear: if it ended, no subscriber here would hear a decision.
+                log.exception("event listener failed; reconnecting")
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
