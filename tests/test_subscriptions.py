@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.accounts.clients import ClientKind
 from gateway.graphql.limits import MAX_BODY_BYTES
+from gateway.graphql.sockets import MAX_OPERATIONS_PER_SOCKET
 from gateway.settings import Settings
 from tests.gateway_processes import (
     Gateway,
@@ -511,6 +512,27 @@ async def test_g3_a_websocket_message_over_64_kb_closes_the_socket(
         assert await socket.wait_closed() == 1009  # message too big
     async with graphql_socket(gateway_a.ws_url) as socket:
         assert await (await socket.subscribe(VIEWER)).next() == {"viewer": None}
+
+
+async def test_g3_a_socket_runs_at_most_ten_operations_at_once(
+    gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient
+) -> None:
+    """Each open subscription holds gateway memory: one socket may not hold thousands."""
+    gateway_a, _ = gateways
+    challenge = await web_login(http_a, await prepare_user(http_a))
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        watches = [
+            await watch_challenge(socket, challenge) for _ in range(MAX_OPERATIONS_PER_SOCKET)
+        ]
+        for watch in watches:
+            assert (await challenge_update(watch))["status"] == "PENDING"
+        for _ in range(3):
+            refused = await watch_challenge(socket, challenge)
+            assert await refusal(refused) == ("error", ["QUERY_REJECTED"])
+        # The socket lives on, and an operation that ends frees its place.
+        await watches[0].stop()
+        again = await watch_challenge(socket, challenge)
+        assert (await challenge_update(again))["status"] == "PENDING"
 
 
 async def test_g2_websocket_errors_carry_the_same_codes_as_over_http(

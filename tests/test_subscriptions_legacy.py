@@ -29,6 +29,7 @@ from gateway.container import Services
 from gateway.core.events import EventHub
 from gateway.graphql.limits import MAX_BODY_BYTES
 from gateway.graphql.schema import build_schema
+from gateway.graphql.sockets import MAX_OPERATIONS_PER_SOCKET
 from gateway.graphql.view import KanmonGraphQL
 from gateway.settings import Settings
 from tests.gateway_processes import Gateway, running_gateways
@@ -236,6 +237,27 @@ async def test_g1_g4_legacy_login_challenge_with_a_wrong_token_is_an_error_with_
         assert refused["payload"]["extensions"]["code"] == "NOT_FOUND"
         await socket.start("2", LOGIN_CHALLENGE, {"id": challenge["id"], "t": challenge["token"]})
         assert (await socket.data("2"))["loginChallenge"]["status"] == "PENDING"
+
+
+async def test_g1_g3_legacy_socket_runs_at_most_ten_operations_at_once(
+    gateways: tuple[Gateway, Gateway], http_on: httpx.AsyncClient
+) -> None:
+    on, _ = gateways
+    account = await push_account(http_on)
+    challenge = await login(http_on, account.username)
+    variables = {"id": challenge["id"], "t": challenge["token"]}
+    async with legacy_socket(on.ws_url) as socket:
+        for operation in range(MAX_OPERATIONS_PER_SOCKET):
+            await socket.start(str(operation), LOGIN_CHALLENGE, variables)
+            assert (await socket.data(str(operation)))["loginChallenge"]["status"] == "PENDING"
+        await socket.start("over", LOGIN_CHALLENGE, variables)
+        refused = await socket.receive()
+        assert (refused["type"], refused["id"]) == ("error", "over"), refused
+        assert refused["payload"]["extensions"]["code"] == "QUERY_REJECTED"
+        await socket.send({"id": "0", "type": "stop"})
+        assert await socket.receive() == {"type": "complete", "id": "0"}
+        await socket.start("again", LOGIN_CHALLENGE, variables)
+        assert (await socket.data("again"))["loginChallenge"]["status"] == "PENDING"
 
 
 async def test_g1_g3_legacy_message_over_64_kb_closes_the_socket(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from graphql import GraphQLError
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -21,6 +22,14 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 
 from gateway.graphql.context import GraphQLContext
+
+# Operations running at once on one socket. A waiting page needs one subscription and an app
+# two; each open one holds about 52 KiB of the gateway, so a socket may not hold thousands.
+MAX_OPERATIONS_PER_SOCKET = 10
+LIMIT_REACHED = GraphQLError(
+    f"At most {MAX_OPERATIONS_PER_SOCKET} operations run at once on one socket.",
+    extensions={"code": "QUERY_REJECTED"},
+).formatted
 
 
 def well_formed(payload: object) -> bool:
@@ -40,6 +49,17 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if not well_formed(message.get("payload")):
             await self.websocket.close(code=4400, reason="Invalid subscribe payload")
+            return
+        # Strawberry's own limit answers without a code (G2); the checks before it (4401,
+        # 4409) stay strawberry's.
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and len(self.operations) >= MAX_OPERATIONS_PER_SOCKET
+        ):
+            await self.send_message(
+                {"id": message["id"], "type": "error", "payload": [LIMIT_REACHED]}
+            )
             return
         await super().handle_subscribe(message)
 
@@ -76,6 +96,11 @@ class LegacyWSHandler(BaseGraphQLWSHandler[GraphQLContext, None]):
     async def handle_start(self, message: StartMessage) -> None:
         if not well_formed(message.get("payload")):
             await self.websocket.close(code=4400, reason="Failed to parse message")
+            return
+        if message["id"] not in self.tasks and len(self.tasks) >= MAX_OPERATIONS_PER_SOCKET:
+            await self.send_message(
+                {"type": "error", "id": message["id"], "payload": LIMIT_REACHED}
+            )
             return
         await super().handle_start(message)
 
