@@ -13,8 +13,9 @@ import asyncio
 import base64
 import re
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -45,8 +46,10 @@ from gateway.login.service import ChallengeView
 from gateway.settings import Settings, SmsProviderName
 from tests.conftest import MovableClock, run_worker
 from tests.fakes.twilio import (
+    HANG_UP,
     INVALID_NUMBER,
     OK,
+    RESET,
     TIMEOUT,
     UNSUBSCRIBED,
     Behaviour,
@@ -535,6 +538,96 @@ async def test_s4_try_that_timed_out_counts_as_a_duplicate_once_a_later_try_went
     message = await reload(message)
     assert (message.status, message.attempts) == (status, len(script))
     assert message.duplicates == duplicates
+
+
+@pytest.mark.parametrize("cut_off", [HANG_UP, RESET], ids=["closed", "reset"])
+async def test_s4_try_whose_connection_broke_after_the_request_counts_as_a_duplicate(
+    services: Services,
+    settings_for_twilio: Settings,
+    twilio: FakeTwilio,
+    number: str,
+    cut_off: Behaviour,
+) -> None:
+    """The provider took the message, then the connection closed (or was reset) before its
+    answer: like a timeout, the try may have sent it, and the later accepted try is a second
+    copy."""
+    twilio.script(cut_off, OK, to=number)
+    user = await new_user(services)
+    message = await add_phone(services, user.id, number)
+
+    await run_worker(settings_for_twilio, "sms")
+
+    taken = twilio.sent_to(number)
+    assert len(taken) == 2  # the fake did take the first one: the recipient gets it twice
+    assert code_in(taken[0]) == code_in(taken[1])
+    message = await reload(message)
+    assert (message.status, message.attempts) == (SmsStatus.SENT, 2)
+    assert message.provider_sid == taken[1].sid
+    assert message.duplicates == 1
+    assert [(a.outcome, a.http_status, a.error_code) for a in await attempts_of(message)] == [
+        ("transient", None, "connection_lost"),
+        ("sent", 201, None),
+    ]
+
+
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port bound but not listening (so nothing else takes it): connecting is refused."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield bound.getsockname()[1]
+
+
+@contextmanager
+def silent_port() -> Iterator[int]:
+    """A port whose listener's accept queue is full: Linux drops further SYNs, so connecting
+    times out."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # the one place in the queue
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "unreachable", [refusing_port, silent_port], ids=["refused", "connect-timeout"]
+)
+async def test_s4_try_that_could_not_connect_is_no_duplicate(
+    services: Services,
+    settings_for_twilio: Settings,
+    twilio: FakeTwilio,
+    number: str,
+    unreachable: Callable[[], AbstractContextManager[int]],
+) -> None:
+    """A try that never had a connection sent nothing: the message the fallback then sends is
+    the only one."""
+    with unreachable() as port:
+        primary_down = settings_for_twilio.model_copy(
+            update={
+                "twilio_base_url": f"http://127.0.0.1:{port}",
+                "sms_primary_tries": 2,
+                "sms_fallback_tries": 1,
+                "twilio_fallback_base_url": twilio.base_url,
+                "twilio_fallback_account_sid": twilio.account_sid,
+                "twilio_fallback_auth_token": SecretStr(twilio.auth_token),
+                "twilio_fallback_from": FALLBACK_SENDER,
+            }
+        )
+        user = await new_user(services)
+        message = await add_phone(services, user.id, number)
+
+        await run_worker(primary_down, "sms")
+
+    (taken,) = twilio.sent_to(number)
+    assert taken.form["From"] == FALLBACK_SENDER
+    message = await reload(message)
+    assert (message.status, message.provider_sid) == (SmsStatus.SENT, taken.sid)
+    assert message.duplicates == 0
+    assert [(a.provider, a.error_code) for a in await attempts_of(message)] == [
+        ("twilio", "connect_failed"),
+        ("twilio", "connect_failed"),
+        ("twilio-fallback", None),
+    ]
 
 
 # F4: no secret kept longer than needed ----------------------------------------------------

@@ -2,8 +2,9 @@
 
 It answers `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (form To, From, Body,
 StatusCallback; HTTP basic auth AccountSid:AuthToken) the way Twilio does, records every request,
-can be scripted to fail (timeouts, 5xx, 429 with Retry-After, Twilio errors 21211 and 21610), and
-posts signed delivery receipts back to a message's StatusCallback.
+can be scripted to fail (timeouts, 5xx, 429 with Retry-After, Twilio errors 21211 and 21610, a
+connection closed or reset after the message was taken), and posts signed delivery receipts back
+to a message's StatusCallback.
 
     async with FakeTwilio(account_sid=SID, auth_token=TOKEN) as twilio:
         twilio.script(TIMEOUT, http_error(503), OK, to="+14155552671")
@@ -24,6 +25,8 @@ import hmac
 import json
 import re
 import secrets
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field, replace
@@ -54,6 +57,13 @@ class Kind(StrEnum):
     HTTP_ERROR = "http_error"
     RATE_LIMITED = "rate_limited"
     TWILIO_ERROR = "twilio_error"
+    HANG_UP = "hang_up"
+    RESET = "reset"
+
+
+# The behaviours under which the fake takes the message (a sid, in `FakeTwilio.messages`), whether
+# or not the client hears so.
+ACCEPTING = frozenset({Kind.OK, Kind.HANG_UP, Kind.RESET})
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,11 @@ INVALID_NUMBER = Behaviour(
     Kind.TWILIO_ERROR, 400, 21211, "The 'To' number is not a valid phone number."
 )
 UNSUBSCRIBED = Behaviour(Kind.TWILIO_ERROR, 400, 21610, "Attempt to send to unsubscribed recipient")
+# The message is taken (Twilio sends it), then the connection closes without an answer: the
+# client reads the end of the stream where the response should be.
+HANG_UP = Behaviour(Kind.HANG_UP)
+# The same, ended by a TCP reset (RST) instead of an orderly close.
+RESET = Behaviour(Kind.RESET)
 
 
 def http_error(status: int) -> Behaviour:
@@ -133,7 +148,7 @@ class FakeTwilio:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.requests: list[RecordedRequest] = []
-        # Messages accepted (201), by sid.
+        # Messages taken (answered 201, or hung up on after taking them: see ACCEPTING), by sid.
         self.messages: dict[str, RecordedRequest] = {}
         # What to do once the scripts are used up.
         self.default: Behaviour = OK
@@ -280,8 +295,11 @@ class FakeTwilio:
             await _json(send, 401, _error(20003, "Authenticate", 401))
             return
         behaviour = self._next_behaviour(form.get("To"))
-        sid = "SM" + secrets.token_hex(16) if behaviour.kind is Kind.OK else None
+        sid = "SM" + secrets.token_hex(16) if behaviour.kind in ACCEPTING else None
         await self._record(method, path, path_sid, form, auth_ok, behaviour, sid)
+        if behaviour.kind in (Kind.HANG_UP, Kind.RESET):
+            await _hang_up(receive, reset=behaviour.kind is Kind.RESET)
+            return
         if behaviour.kind is Kind.TIMEOUT:
             await self._hold(receive, until_disconnect=True)
         elif behaviour.held:
@@ -378,6 +396,24 @@ async def _read_body(receive: Receive) -> bytes:
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def _hang_up(receive: Receive, *, reset: bool) -> None:
+    """Ends the connection without an answer, after the whole request was read. ASGI has no
+    message for that; uvicorn's h11 protocol (LoopbackServer's) hands the app the `receive` of
+    its request cycle, which holds the connection's transport. Returns once uvicorn saw the
+    connection end, so it does not answer 500 for the app."""
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if not isinstance(transport, asyncio.Transport):
+        raise RuntimeError("hanging up needs uvicorn's h11 request cycle; did uvicorn change?")
+    if reset:
+        # Closing with a zero linger time sends RST instead of FIN.
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+    await asyncio.wait_for(_disconnected(receive), HOLD_CAP_SECONDS)
 
 
 def _error(code: int | None, message: str, status: int) -> dict[str, object]:

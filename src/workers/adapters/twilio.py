@@ -7,11 +7,32 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from gateway.factors.sms.delivery import TIMED_OUT, ProviderOutcome, ProviderResult
+from gateway.factors.sms.delivery import (
+    CONNECT_FAILED,
+    CONNECTION_LOST,
+    TIMED_OUT,
+    ProviderOutcome,
+    ProviderResult,
+)
 
 # A refused credential is the provider's problem, not the number's: like an outage, it uses up
 # the primary's tries and then the fallback takes over (S3).
 PROVIDER_TROUBLE = frozenset({401, 403})
+
+# Transport errors raised before any of the request was written: no connection (refused,
+# unreachable, or not opened in time), none free in the pool, a request httpx would not send,
+# a proxy that would not tunnel. Any other transport error may come after the provider read the
+# request, so its try may have sent the message (S4). A connection that Twilio had closed while
+# idle in the pool also ends in one of those, and is counted as possibly sent though it was not:
+# possible duplicates are counted, never hidden.
+NOTHING_SENT = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+    httpx.ProxyError,
+)
 
 
 class TwilioProvider:
@@ -41,10 +62,14 @@ class TwilioProvider:
             response = await self._client.post(
                 self._url, data=form, auth=self._auth, timeout=self._timeout
             )
+        except NOTHING_SENT:
+            return ProviderResult(ProviderOutcome.TRANSIENT, error_code=CONNECT_FAILED)
         except httpx.TimeoutException:
+            # Reading or writing: the request may have been read already.
             return ProviderResult(ProviderOutcome.TRANSIENT, error_code=TIMED_OUT)
         except httpx.TransportError:
-            return ProviderResult(ProviderOutcome.TRANSIENT, error_code="connection")
+            # Closed or reset (ReadError, WriteError, RemoteProtocolError) before an answer.
+            return ProviderResult(ProviderOutcome.TRANSIENT, error_code=CONNECTION_LOST)
         status = response.status_code
         payload = _json(response)
         if status in (200, 201):

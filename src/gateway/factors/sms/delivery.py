@@ -42,6 +42,14 @@ UNSENT = (SmsStatus.QUEUED, SmsStatus.SENDING)
 # The error of a try whose request got no answer in time: unlike a refusal, it may have reached
 # the provider, and counts as a possible duplicate once a later try is sent (S4).
 TIMED_OUT = "timeout"
+# The error of a try whose connection broke once the request could have gone out (closed or reset
+# before an answer): like a timeout, the provider may have taken it (S4).
+CONNECTION_LOST = "connection_lost"
+# The error of a try that never reached the provider (no connection could be opened): it sent
+# nothing, so it is no duplicate.
+CONNECT_FAILED = "connect_failed"
+# The errors of tries that may have sent the message without the worker hearing so.
+POSSIBLY_SENT = frozenset({TIMED_OUT, CONNECTION_LOST})
 # A receipt whose message never got its sid (a cut-off try, resent under another) is dropped.
 EARLY_RECEIPT_KEEP = timedelta(days=1)
 
@@ -153,7 +161,7 @@ class SmsDelivery:
                 error_code=result.error_code,
                 finished_at=self._clock(),
             )
-            settled = await self._settle(message, result, job_try, _timed_out(earlier))
+            settled = await self._settle(message, result, job_try, _possibly_sent(earlier))
         if result.outcome is ProviderOutcome.SENT and result.sid:
             # Only now can a receipt that came before the sid was recorded find its message.
             await apply_early_receipts(result.sid, self._clock)
@@ -178,14 +186,14 @@ class SmsDelivery:
         return earlier
 
     async def _settle(
-        self, message: SmsMessage, result: ProviderResult, job_try: int, timed_out: int
+        self, message: SmsMessage, result: ProviderResult, job_try: int, possibly_sent: int
     ) -> DeliveryResult:
         if result.outcome is ProviderOutcome.SENT:
             # The sid is recorded whatever the status became meanwhile: receipts look for it.
             await SmsMessage.filter(id=message.id).update(
                 provider_sid=result.sid,
                 sent_at=self._clock(),
-                duplicates=F("duplicates") + timed_out,
+                duplicates=F("duplicates") + possibly_sent,
             )
             return await self._move(message, SmsStatus.SENT, error_code=None)
         if result.outcome is ProviderOutcome.PERMANENT:
@@ -236,16 +244,17 @@ class SmsDelivery:
         return codes.login_body(plain)
 
 
-def _timed_out(earlier: list[SmsAttempt]) -> int:
-    """S4: the earlier tries that timed out without an answer. Each may have reached the
-    provider, so once a later try is sent each is a possible duplicate; a try the provider
-    answered (even with an error) sent nothing."""
+def _possibly_sent(earlier: list[SmsAttempt]) -> int:
+    """S4: the earlier tries that got no answer after their request could have gone out (timed
+    out, or the connection closed or reset under them). Each may have reached the provider, so
+    once a later try is sent each is a possible duplicate; a try the provider answered (even with
+    an error), or that could not connect, sent nothing."""
     return sum(
         1
         for a in earlier
         if a.outcome == ProviderOutcome.TRANSIENT.value
         and a.http_status is None
-        and a.error_code == TIMED_OUT
+        and a.error_code in POSSIBLY_SENT
     )
 
 
