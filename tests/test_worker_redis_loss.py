@@ -1,13 +1,15 @@
 """O2, S4: a worker outlives its Redis going away. A real `kanmon worker` process runs against a
 valkey-server this test owns; the test stops the server, refuses the worker's reconnections for
 a while (so it has to retry several times), starts an empty server on the same socket, and hands
-the worker a job. The worker used to exit 1 on the first ConnectionError with a raw traceback."""
+the worker a job. The worker used to exit 1 on the first ConnectionError with a raw traceback.
+The waits between its tries are checked as a schedule, apart from any server."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import random
 import shutil
 import tempfile
 import time
@@ -16,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job
@@ -26,6 +29,7 @@ from gateway.core.job_queue import JobQueue
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, deserialize, queue_key
 from gateway.settings import Settings
 from tests.gateway_processes import KanmonProcess, running_worker
+from workers.redis_loss import RedisLoss, retry_wait
 
 HEALTH_KEY = f"{queue_key(QUEUE_PUSH)}:health-check"
 # Reconnections refused before the server comes back: enough for the back-off to show.
@@ -127,3 +131,52 @@ async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
         if server.is_running():
             await asyncio.to_thread(server.stop)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# The waits' schedule, without a Redis or a clock: one worker's waits are the draws of its
+# random source.
+RETRIES = 12
+
+
+class Constant(random.Random):
+    """A random source that always draws `value` (the ends of every range)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def waits(rng: random.Random) -> list[float]:
+    return [retry_wait(retry, rng) for retry in range(RETRIES)]
+
+
+def test_o2_redis_retry_waits_grow_within_their_bounds_with_equal_jitter() -> None:
+    """Each wait lies between half its ceiling and its ceiling (0.2 s doubling up to 5 s)."""
+    ceilings = [min(0.2 * 2**retry, 5.0) for retry in range(RETRIES)]
+    assert waits(Constant(0.0)) == pytest.approx([c / 2 for c in ceilings])
+    assert waits(Constant(1.0)) == pytest.approx(ceilings)
+    for seed in range(100):
+        drawn = waits(random.Random(seed))
+        assert all(c / 2 <= w <= c for w, c in zip(drawn, ceilings, strict=True)), drawn
+        assert all(0.1 <= w <= 5.0 for w in drawn), drawn
+    # A long outage stays at the cap (no overflow however many tries).
+    assert 2.5 <= retry_wait(10_000, random.Random(1)) <= 5.0
+
+
+def test_o2_two_workers_do_not_retry_redis_in_lock_step() -> None:
+    first, second = waits(random.Random(1)), waits(random.Random(2))
+    assert all(a != b for a, b in zip(first, second, strict=True)), (first, second)
+    assert waits(random.Random(1)) == first  # the source alone decides the schedule
+
+
+def test_o2_a_worker_starts_its_waits_over_once_redis_answered() -> None:
+    loss = RedisLoss(random.Random(7))
+    loss.failed(ConnectionError("gone"))
+    before = [loss.next_delay() for _ in range(RETRIES)]
+    assert before == waits(random.Random(7))
+    loss.answered()
+    loss.failed(ConnectionError("gone again"))
+    assert 0.1 <= loss.next_delay() <= 0.2
