@@ -423,14 +423,29 @@ async def test_l3_per_account_throttle_answers_rate_limited_with_retry_after(
         assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
 
 
+SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "script")
+# The password throttle's scripts: an attempt's beginning and its end.
+PASSWORD_SCRIPTS = 2
+
+
+async def script_commands(services: Services) -> dict[str, int]:
+    """Calls of the script commands so far, for the whole server (INFO commandstats; Redis 7 and
+    valkey name SCRIPT LOAD `script|load`, Redis 6 counts every SCRIPT subcommand as `script`)."""
+    stats = await services.redis.info("commandstats")
+    return {n: int(stats.get(f"cmdstat_{n}", {}).get("calls", 0)) for n in SCRIPT_COMMANDS}
+
+
 async def test_l3_the_throttle_keeps_counting_after_redis_forgets_its_scripts(
     make_services: Callable[..., Services], username: str
 ) -> None:
     """The windows run as scripts cached by Redis (EVALSHA); a restarted Redis has none, and a
-    check must then load them again rather than fail open or answer INTERNAL."""
+    check must then load them again rather than fail open or answer INTERNAL. Their text goes to
+    Redis once per script after a flush, not with every check (EVAL): counted by the server."""
     services = make_services(login_failures_per_account=2)
     async with app_client(services, random_ip()) as http:
         await sign_up(http, username)
+        bystander = f"{username}_b"
+        await sign_up(http, bystander)
         for _ in range(2):
             await services.redis.script_flush()
             body = await gql(http, LOGIN, {"u": username, "p": "wrong password", "k": "WEB"})
@@ -438,6 +453,21 @@ async def test_l3_the_throttle_keeps_counting_after_redis_forgets_its_scripts(
         await services.redis.script_flush()
         body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
         assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+
+        await services.redis.script_flush()
+        before = await script_commands(services)
+        checks = 4
+        for _ in range(checks):
+            # An attempt begun and ended, then one refused at its beginning: three script runs.
+            body = await gql(http, LOGIN, {"u": bystander, "p": PASSWORD, "k": "WEB"})
+            assert body["data"]["login"]["__typename"] == "Session"
+            body = await gql(http, LOGIN, {"u": username, "p": PASSWORD, "k": "WEB"})
+            assert error_of(body)["extensions"]["code"] == "RATE_LIMITED"
+        after = await script_commands(services)
+    calls = {n: after[n] - before[n] for n in SCRIPT_COMMANDS}
+    assert calls["evalsha"] >= 3 * checks, calls
+    # Each script's text sent at most once since the flush, however it was sent.
+    assert calls["eval"] + calls["script|load"] + calls["script"] <= PASSWORD_SCRIPTS, calls
 
 
 async def test_l3_a_right_password_clears_the_accounts_earlier_wrong_ones(
