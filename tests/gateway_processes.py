@@ -55,6 +55,7 @@ def process_environment(
             "KANMON_REDIS_URL": settings.redis_url,
             "KANMON_SECRET_KEY": settings.secret_key.get_secret_value(),
             "KANMON_LOGIN_FAILURES_PER_IP": str(settings.login_failures_per_ip),
+            "KANMON_SIGNUPS_PER_IP_PER_HOUR": str(settings.signups_per_ip_per_hour),
         }
     )
     env.update(overrides or {})

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
-from gateway.accounts.service import AccountService, PasswordGuard
+from gateway.accounts.service import AccountService, PasswordGuard, SignUpWindow
 from gateway.core.clock import Clock, utc_now
 from gateway.core.crypto import SecretBox
 from gateway.core.jobs import deserialize, serialize
@@ -112,6 +112,7 @@ def build_services(
     accounts = AccountService(
         passwords or Passwords(threads=settings.argon2_threads),
         guard,
+        SignUpWindow(counter, per_ip_per_hour=settings.signups_per_ip_per_hour),
         session_ttl=timedelta(seconds=settings.session_ttl_seconds),
         reauth_window=timedelta(seconds=settings.reauth_window_seconds),
         clock=clock,

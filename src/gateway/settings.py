@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     login_failures_per_account: int = Field(default=10, ge=1)
     login_failures_per_ip: int = Field(default=100, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
+    signups_per_ip_per_hour: int = Field(default=20, ge=1)
 
     sms_resend_cooldown_seconds: int = Field(default=60, ge=0)
     sms_max_sends_per_challenge: int = Field(default=3, ge=1)

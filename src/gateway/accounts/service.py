@@ -32,6 +32,7 @@ from gateway.core.throttle import WindowCounter
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.]{3,32}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
+HOUR = 3600
 
 
 @dataclass(frozen=True)
@@ -147,25 +148,55 @@ class PasswordGuard:
         )
 
 
+class SignUpWindow:
+    """Sign-ups per caller address in an hour-long Redis window (an IPv6 caller per /64).
+
+    Without it one address could create accounts without end: each costs an argon2 hash, and
+    each new account brings its own S7 per-account SMS window. A sign-up counts when it is
+    admitted, before the username is looked up or the password hashed, so a sign-up refused
+    for a taken username has counted: probing which usernames exist is slowed by the same
+    window. Input refused by its shape alone (username pattern, password length) is checked
+    before and does not count: it cost nothing and told nothing. Like the L3 windows, it fails
+    closed (no Redis, no sign-up) and a caller without an address counts in no window."""
+
+    def __init__(self, counter: WindowCounter, per_ip_per_hour: int) -> None:
+        self._counter = counter
+        self._limit = per_ip_per_hour
+
+    async def admit(self, ip_address: str | None) -> None:
+        """Counts one sign-up from `ip_address`, or raises RATE_LIMITED counting nothing."""
+        if not ip_address:
+            return
+        window = (f"signup:ip:{throttle_key(ip_address)}", self._limit, HOUR)
+        wait = await self._counter.admit_all([window])
+        if wait:
+            raise RateLimited(wait, "Too many sign-ups from this address; try again later.")
+
+
 class AccountService:
     def __init__(
         self,
         passwords: Passwords,
         guard: PasswordGuard,
+        signups: SignUpWindow,
         session_ttl: timedelta,
         reauth_window: timedelta,
         clock: Clock = utc_now,
     ) -> None:
         self.passwords = passwords
         self.guard = guard
+        self._signups = signups
         self._session_ttl = session_ttl
         self._reauth_window = reauth_window
         self._clock = clock
 
-    async def sign_up(self, username: str, password: str) -> User:
-        """A1: unique case-insensitive username, argon2id hash. Raises USERNAME_TAKEN."""
+    async def sign_up(self, username: str, password: str, *, ip_address: str | None = None) -> User:
+        """A1: unique case-insensitive username, argon2id hash. Raises BAD_USER_INPUT,
+        RATE_LIMITED (`SignUpWindow`: checked before anything is looked up, hashed or written)
+        or USERNAME_TAKEN. `ip_address` is the caller's; None (seeding scripts) counts nowhere."""
         validate_username(username)
         validate_password_shape(password)
+        await self._signups.admit(ip_address)
         key = username_key(username)
         if await User.exists(username_key=key):
             raise UsernameTaken()

@@ -177,7 +177,7 @@ class AccountMutation:
         services = info.context.services
         caller = client_of(info, client)
         async with services.uow():
-            user = await services.accounts.sign_up(username, password)
+            user = await services.accounts.sign_up(username, password, ip_address=caller.ip_address)
             issued = await services.accounts.issue_session(user.id, caller, password_proved=True)
         return Session.of(issued)
 
