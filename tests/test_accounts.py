@@ -277,6 +277,7 @@ class WatchedPasswords(Passwords):
     def __init__(self, threads: int | None = None) -> None:
         super().__init__(memory_kib=1024, time_cost=1, parallelism=1, threads=threads)
         self.in_transaction: list[bool] = []
+        self.hashed_in_transaction: list[bool] = []
         self.running = 0
         self.most_at_once = 0
         self._guard = threading.Lock()
@@ -284,6 +285,12 @@ class WatchedPasswords(Passwords):
     async def verify(self, stored_hash: str | None, password: str) -> bool:
         self.in_transaction.append(isinstance(connections.get("default"), TransactionalDBClient))
         return await super().verify(stored_hash, password)
+
+    async def hash(self, password: str) -> str:
+        self.hashed_in_transaction.append(
+            isinstance(connections.get("default"), TransactionalDBClient)
+        )
+        return await super().hash(password)
 
     def _verify_sync(self, stored_hash: str, password: str) -> bool:
         with self._guard:
@@ -321,6 +328,27 @@ async def test_l1_the_password_is_checked_with_no_transaction_open(
     async with services.uow() as work:
         await services.login.login(username, PASSWORD, WEB, work)
     assert passwords.in_transaction == [False, False, True]
+
+
+async def test_a1_sign_up_hashes_the_password_with_no_transaction_open(
+    settings: Settings, redis: ArqRedis, username: str
+) -> None:
+    """As for login: a sign-up waiting for a core holds no database connection."""
+    passwords = WatchedPasswords()
+    services = build_services(settings, redis, passwords=passwords)
+    app = create_app(settings, services)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    ) as http:
+        await sign_up(http, username)
+    assert passwords.hashed_in_transaction == [False]
+    # The probe sees a transaction when there is one.
+    async with services.uow():
+        await services.accounts.sign_up(f"{username}_2", PASSWORD)
+    assert passwords.hashed_in_transaction == [False, True]
+    assert (
+        await User.filter(username_key__in=[username.lower(), f"{username}_2".lower()]).count() == 2
+    )
 
 
 async def test_l1_a_gateway_process_hashes_at_most_its_share_of_passwords_at_once(

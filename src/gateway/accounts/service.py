@@ -148,6 +148,15 @@ class PasswordGuard:
         )
 
 
+@dataclass(frozen=True)
+class NewAccount:
+    """A sign-up that passed its checks and was hashed, not yet written."""
+
+    username: str
+    username_key: str
+    password_hash: str
+
+
 class SignUpWindow:
     """Sign-ups per caller address in an hour-long Redis window (an IPv6 caller per /64).
 
@@ -191,19 +200,35 @@ class AccountService:
         self._clock = clock
 
     async def sign_up(self, username: str, password: str, *, ip_address: str | None = None) -> User:
-        """A1: unique case-insensitive username, argon2id hash. Raises BAD_USER_INPUT,
-        RATE_LIMITED (`SignUpWindow`: checked before anything is looked up, hashed or written)
-        or USERNAME_TAKEN. `ip_address` is the caller's; None (seeding scripts) counts nowhere."""
+        """A1: `prepare_sign_up` then `create_account`, for callers already in a unit of work
+        or outside any (seeding scripts)."""
+        return await self.create_account(
+            await self.prepare_sign_up(username, password, ip_address=ip_address)
+        )
+
+    async def prepare_sign_up(
+        self, username: str, password: str, *, ip_address: str | None = None
+    ) -> NewAccount:
+        """A1: everything before the write, run before the unit of work opens so a pooled
+        connection is not held in a transaction while the hash waits for a core (as login's
+        `check_password`). Raises BAD_USER_INPUT, RATE_LIMITED (`SignUpWindow`: checked before
+        anything is looked up or hashed) or USERNAME_TAKEN. `ip_address` is the caller's; None
+        (seeding scripts) counts nowhere."""
         validate_username(username)
         validate_password_shape(password)
         await self._signups.admit(ip_address)
         key = username_key(username)
         if await User.exists(username_key=key):
             raise UsernameTaken()
-        password_hash = await self.passwords.hash(password)
+        return NewAccount(username, key, await self.passwords.hash(password))
+
+    async def create_account(self, account: NewAccount) -> User:
+        """A1: the write. USERNAME_TAKEN when another sign-up took the name meanwhile."""
         try:
             return await User.create(
-                username=username, username_key=key, password_hash=password_hash
+                username=account.username,
+                username_key=account.username_key,
+                password_hash=account.password_hash,
             )
         except IntegrityError as exc:
             raise UsernameTaken() from exc

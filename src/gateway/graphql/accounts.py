@@ -176,8 +176,11 @@ class AccountMutation:
         """A1: a new account and its first session."""
         services = info.context.services
         caller = client_of(info, client)
+        account = await services.accounts.prepare_sign_up(
+            username, password, ip_address=caller.ip_address
+        )
         async with services.uow():
-            user = await services.accounts.sign_up(username, password, ip_address=caller.ip_address)
+            user = await services.accounts.create_account(account)
             issued = await services.accounts.issue_session(user.id, caller, password_proved=True)
         return Session.of(issued)
 
