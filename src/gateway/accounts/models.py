@@ -40,3 +40,7 @@ class Session(Model):
 
     class Meta:
         table = "sessions"
+        # The retention purge's range scans (gateway.login.retention): by expiry among the
+        # sessions no device is enrolled from (an app's expired session often still has one),
+        # and by revocation.
+        indexes = (("device_id", "expires_at"), ("revoked_at",))

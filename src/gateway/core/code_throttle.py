@@ -26,6 +26,9 @@ class FactorThrottle(Model):
     class Meta:
         table = "factor_throttles"
         unique_together = (("user_id", "method"),)
+        # The retention purge finds lapsed back-offs and zeroed counters by these
+        # (gateway.core.retention).
+        indexes = (("blocked_until", "consecutive_failures"),)
 
 
 _COUNTER = sql.select_model(
