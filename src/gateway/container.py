@@ -15,6 +15,7 @@ from gateway.core.jobs import deserialize, serialize
 from gateway.core.notices import Notifier
 from gateway.core.outbox import OutboxRelay
 from gateway.core.passwords import Passwords
+from gateway.core.retention import RetentionPolicy
 from gateway.core.throttle import WindowCounter
 from gateway.core.uow import UnitOfWorkFactory
 from gateway.factors.backup_codes.service import BackupCodeService
@@ -25,6 +26,7 @@ from gateway.factors.sms.service import SmsService
 from gateway.factors.temporary_passwords.service import TemporaryPasswordService
 from gateway.factors.totp.service import TotpService
 from gateway.login.approvals import PushApprovals
+from gateway.login.retention import Retention
 from gateway.login.service import LoginService
 from gateway.login.sms_keywords import SmsKeywords
 from gateway.security.service import SecurityService
@@ -49,6 +51,7 @@ class Services:
     approvals: PushApprovals
     security: SecurityService
     sms_keywords: SmsKeywords
+    retention: Retention
     clock: Clock
 
     async def close(self) -> None:
@@ -91,6 +94,14 @@ async def bound_commands(client: ArqRedis) -> None:
     REDIS_COMMAND_TIMEOUT_SECONDS; the ones already open are dropped."""
     client.connection_pool.connection_kwargs["socket_timeout"] = REDIS_COMMAND_TIMEOUT_SECONDS
     await client.connection_pool.disconnect()
+
+
+def retention_policy(settings: Settings) -> RetentionPolicy:
+    return RetentionPolicy(
+        challenges=timedelta(days=settings.retention_challenge_days),
+        sessions=timedelta(days=settings.retention_session_days),
+        sms=timedelta(days=settings.retention_sms_days),
+    )
 
 
 def build_services(
@@ -177,5 +188,6 @@ def build_services(
         approvals=PushApprovals(login, push, accounts, clock),
         security=security,
         sms_keywords=SmsKeywords(sms, clock),
+        retention=Retention(retention_policy(settings), clock),
         clock=clock,
     )

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     push_fatigue_threshold: int = Field(default=3, ge=1)
     push_pause_seconds: int = Field(default=3600, ge=1)
 
+    # Days rows are kept after they end (gateway.login.retention); at least one.
+    retention_challenge_days: int = Field(default=7, ge=1)
+    retention_session_days: int = Field(default=30, ge=1)
+    retention_sms_days: int = Field(default=30, ge=1)
+
     outbox_sweep_after_seconds: int = Field(default=5, ge=1)
     worker_poll_delay_seconds: float = Field(default=0.05, gt=0)
     worker_metrics_port: int | None = None

@@ -14,6 +14,7 @@ from gateway.core.db import close_database, database_is_open, open_database
 from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
     JOB_EXPIRE_DUE,
+    JOB_HOUSEKEEPING_PURGE,
     JOB_NOTICE_SEND,
     JOB_OUTBOX_SWEEP,
     JOB_PUSH_FAN_OUT,
@@ -128,6 +129,16 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         )
         cron_jobs.append(
             cron(sms.sms_purge_expired_codes, name=JOB_SMS_PURGE, second={30}, timeout=60)
+        )
+        # Every 10 minutes: a run's work stays bounded (gateway.core.retention's limits).
+        cron_jobs.append(
+            cron(
+                maintenance.housekeeping_purge,
+                name=JOB_HOUSEKEEPING_PURGE,
+                minute=set(range(0, 60, 10)),
+                second={20},
+                timeout=MAINTENANCE_JOB_TIMEOUT,
+            )
         )
         cron_jobs.append(
             cron(

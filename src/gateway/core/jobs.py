@@ -18,6 +18,7 @@ JOB_SMS_SEND = "sms.send"
 JOB_SMS_PURGE = "sms.purge_expired_codes"
 JOB_PUSH_FAN_OUT = "push.fan_out"
 JOB_EXPIRE_DUE = "login.expire_due"
+JOB_HOUSEKEEPING_PURGE = "housekeeping.purge"
 
 
 def queue_key(queue: str) -> str:

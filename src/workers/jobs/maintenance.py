@@ -1,5 +1,5 @@
 """Maintenance jobs: backup-code invalidation follow-up, notices, the outbox sweeper and
-redrive."""
+redrive, the retention purge."""
 
 from __future__ import annotations
 
@@ -49,3 +49,10 @@ async def outbox_redrive(ctx: dict[str, Any]) -> int:
     """S4: enqueues again dispatched work that Redis lost (workers.redrive)."""
     services: Services = ctx["services"]
     return await redrive_lost_jobs(services)
+
+
+async def housekeeping_purge(ctx: dict[str, Any]) -> int:
+    """Deletes rows past their retention, in bounded batches (gateway.login.retention)."""
+    services: Services = ctx["services"]
+    report = await services.retention.purge()
+    return report.total
