@@ -15,7 +15,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from gateway.app import create_app
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core.db import apply_migrations, open_database
 from gateway.core.passwords import Passwords
 from gateway.logs import JsonFormatter
@@ -100,7 +100,7 @@ def settings(backends: Backends) -> Settings:
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[ArqRedis]:
     assert settings.redis_url
-    client = await connect_redis(settings.redis_url)
+    client = redis_client(settings.redis_url)
     # KANMON_TEST_REDIS_URL names a database reserved for the tests: start from an empty one so
     # no job left by an earlier run reaches this run's workers.
     await client.flushdb()

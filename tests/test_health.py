@@ -15,8 +15,8 @@ from gateway.app import READINESS_TIMEOUT_SECONDS, create_app
 from gateway.container import (
     REDIS_COMMAND_TIMEOUT_SECONDS,
     Services,
-    bound_commands,
     build_services,
+    redis_client,
 )
 from gateway.core.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS, tortoise_config
 from gateway.settings import Settings
@@ -25,15 +25,16 @@ from tests.graphql_client import LOGIN, PASSWORD, gql
 
 @asynccontextmanager
 async def frozen_redis() -> AsyncIterator[ArqRedis]:
-    """A client of a server that accepts connections but reads nothing and answers nothing,
-    as a frozen Redis (or one partitioned away after the handshake) does."""
+    """A client (with the command bound every Kanmon client has) of a server that accepts
+    connections but reads nothing and answers nothing, as a frozen Redis (or one partitioned
+    away after the handshake) does."""
     silent: list[asyncio.StreamWriter] = []
 
     async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         silent.append(writer)
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    client = ArqRedis(host="127.0.0.1", port=server.sockets[0].getsockname()[1])
+    client = redis_client(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
         yield client
     finally:
@@ -101,7 +102,6 @@ async def test_w2_a_login_answers_service_unavailable_soon_when_redis_stops_answ
         REDIS_COMMAND_TIMEOUT_SECONDS
     )
     async with frozen_redis() as frozen:
-        await bound_commands(frozen)
         app = create_app(settings, build_services(settings, frozen))
         async with app_client(app) as http:
             body = await asyncio.wait_for(

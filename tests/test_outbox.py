@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from arq.constants import job_key_prefix
 from redis.asyncio.connection import ConnectionPool
 
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core.audit import SecurityEvent
 from gateway.core.clock import utc_now
 from gateway.core.jobs import JOB_BACKUP_CODES_INVALIDATE, QUEUE_MAINTENANCE, JobRequest
@@ -110,7 +110,7 @@ async def test_s4_a_message_dispatched_twice_runs_once(
 async def lossy_redis() -> AsyncIterator[tuple[str, ArqRedis]]:
     """A Redis-compatible server of this test's own, which it may empty."""
     server, url = start_embedded_redis()
-    client = await connect_redis(url)
+    client = redis_client(url)
     try:
         yield url, client
     finally:

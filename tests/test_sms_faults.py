@@ -38,7 +38,7 @@ from tortoise.transactions import in_transaction
 
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.service import Client
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core.clock import utc_now
 from gateway.core.outbox import OutboxMessage, OutboxRelay
 from gateway.core.uow import UnitOfWorkFactory
@@ -347,7 +347,7 @@ async def test_s4_redis_stopped_while_a_login_commits_the_code_is_swept_and_sent
 
     servers, url = own_redis
     custom = settings.model_copy(update={"redis_url": url, **twilio_overrides(twilio)})
-    client = await connect_redis(url)
+    client = redis_client(url)
     services = build_services(custom, client, passwords=FAST_PASSWORDS)
     try:
         user, number, _ = await sms_user(services)
@@ -439,7 +439,7 @@ async def test_s4_jobs_redis_lost_after_dispatch_are_redriven_and_each_message_s
 ) -> None:
     _, url = own_redis
     custom = settings.model_copy(update={"redis_url": url, **twilio_overrides(twilio)})
-    client = await connect_redis(url)
+    client = redis_client(url)
     services = build_services(custom, client, passwords=FAST_PASSWORDS)
     queued, cut_off, in_flight, expired, kept = (fresh_number() for _ in range(5))
     try:

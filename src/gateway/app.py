@@ -17,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from tortoise import connections
 
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core.db import close_database, open_database
 from gateway.core.events import EventHub
 from gateway.core.jobs import QUEUES, queue_key
@@ -53,8 +53,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             yield
             return
         await open_database(settings.resolved_database_url())
-        redis = await connect_redis(_require_redis(settings))
-        holder["services"] = build_services(settings, redis)
+        holder["services"] = build_services(settings, redis_client(_require_redis(settings)))
+        await _say_if_redis_is_silent(holder["services"])
         try:
             yield
         finally:
@@ -122,6 +122,28 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
     app.state.events = events
     return app
+
+
+async def _say_if_redis_is_silent(services: Services) -> None:
+    """W2: a gateway whose Redis is down or frozen at startup starts anyway, live (/healthz)
+    and not ready (/readyz 503), and becomes ready by itself once Redis answers: its client
+    opens connections as commands need them (`container.redis_client`). Under Kubernetes that
+    keeps the pod out of the Service until Redis is back, with no restarts: a gateway that
+    exited would go into CrashLoopBackOff and, its back-off grown to minutes, come back long
+    after Redis did; one that hung in its startup (arq's unbounded ping did that on a frozen
+    Redis) answered no probe and was killed over and over. This check only says so in the
+    log, within READINESS_TIMEOUT_SECONDS, so an operator knows why the gateway is not ready."""
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+            await services.redis.ping()
+    except Exception as error:
+        log.warning(
+            "Redis does not answer at startup; the gateway serves, not ready, until it does",
+            extra={
+                "error": type(error).__name__,
+                "detail": str(error) or f"no answer within {READINESS_TIMEOUT_SECONDS:g} s",
+            },
+        )
 
 
 class _LazyEvents:

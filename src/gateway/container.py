@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name as arq_default_queue_name
+from arq.constants import expires_extra_ms as arq_expires_extra_ms
 
 from gateway.accounts.service import AccountService, PasswordGuard, SignUpWindow
 from gateway.core.clock import Clock, utc_now
@@ -64,36 +66,61 @@ def redis_settings(url: str) -> RedisSettings:
     else:
         settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2
-    settings.conn_retries = 1
-    settings.conn_retry_delay = 0
     return settings
 
 
 # A Redis that accepts connections but stops answering (frozen, partitioned after the
-# handshake) must not hold every login until TCP gives up: each command gives up after this,
-# and the API answers SERVICE_UNAVAILABLE. Commands take well under a millisecond; the event
-# hub's pub/sub reads wait with their own timeout (core.events).
+# handshake) must not hold every login, a worker's poll or a process's startup until TCP gives
+# up: each command gives up after this, and the API answers SERVICE_UNAVAILABLE. Commands take
+# well under a millisecond; the event hub's pub/sub reads wait with their own timeout
+# (core.events).
 REDIS_COMMAND_TIMEOUT_SECONDS = 5.0
 
 
-async def connect_redis(url: str) -> ArqRedis:
-    """One client for arq enqueues, throttles and pub/sub: redis-py 5 asyncio. arq's settings
-    carry a connect timeout only: the read timeout is set on the pool, and the connection arq
-    opened to ping is dropped so that every connection has it."""
-    client = await create_pool(
-        redis_settings(url),
+def redis_client(url: str) -> ArqRedis:
+    """One client for arq enqueues, throttles and pub/sub: redis-py 5 asyncio, every command
+    bounded (`bounded_pool`). It connects on its first command: a process does not wait for
+    Redis to build it, and each caller decides what an unanswering Redis means at startup."""
+    return bounded_pool(redis_settings(url))
+
+
+def bounded_pool(
+    settings: RedisSettings,
+    *,
+    default_queue_name: str = arq_default_queue_name,
+    expires_extra_ms: int = arq_expires_extra_ms,
+) -> ArqRedis:
+    """What arq's `create_pool` builds from `settings`, without its ping and with
+    REDIS_COMMAND_TIMEOUT_SECONDS on every connection, the handshake's replies included:
+    `create_pool` sets a connect timeout only and pings with no bound, so a frozen Redis
+    held a process at startup for good. arq's Worker builds its own pool with `create_pool`;
+    KanmonWorker builds it here instead, so a frozen Redis cannot hold its poll either."""
+    return ArqRedis(
+        host=settings.host,
+        port=settings.port,
+        unix_socket_path=settings.unix_socket_path,
+        db=settings.database,
+        username=settings.username,
+        password=settings.password,
+        socket_connect_timeout=settings.conn_timeout,
+        socket_timeout=REDIS_COMMAND_TIMEOUT_SECONDS,
+        ssl=settings.ssl,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_cert_reqs=settings.ssl_cert_reqs,
+        ssl_ca_certs=settings.ssl_ca_certs,
+        ssl_ca_data=settings.ssl_ca_data,
+        ssl_check_hostname=settings.ssl_check_hostname,
+        retry=settings.retry,
+        retry_on_timeout=settings.retry_on_timeout,
+        retry_on_error=settings.retry_on_error,
+        max_connections=settings.max_connections,
+        encoding="utf8",
         job_serializer=serialize,
         job_deserializer=deserialize,
+        default_queue_name=default_queue_name,
+        expires_extra_ms=expires_extra_ms,
     )
-    await bound_commands(client)
-    return client
-
-
-async def bound_commands(client: ArqRedis) -> None:
-    """Every connection of `client` from now on gives up on a command after
-    REDIS_COMMAND_TIMEOUT_SECONDS; the ones already open are dropped."""
-    client.connection_pool.connection_kwargs["socket_timeout"] = REDIS_COMMAND_TIMEOUT_SECONDS
-    await client.connection_pool.disconnect()
 
 
 def retention_policy(settings: Settings) -> RetentionPolicy:

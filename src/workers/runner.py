@@ -6,8 +6,9 @@ traffic and about a tenth of its CPU per fan-out job on a 2-core machine. The sc
 the same checks and the same mark atomically, and a job this worker is running is passed over
 without asking Redis (a job stays in the queue until it ends, so each poll meets the running ones
 again). Everything else (polling, running, retries, results, health checks, shutdown) is arq's,
-but for `close`, which runs the shutdown hook also when Redis is gone, and for losing Redis
-while running, which arq ends the worker on and this one waits out (workers.redis_loss).
+but for `close`, which runs the shutdown hook also when Redis is gone, for losing Redis while
+running, which arq ends the worker on and this one waits out (workers.redis_loss), and for the
+worker's own pool, whose commands are bounded as the gateway's are (`main`).
 `start_jobs` follows arq 0.28's line for line but for the claim; tests/test_worker_claim.py fails
 when arq's own changes, so an upgrade is reviewed."""
 
@@ -18,12 +19,14 @@ import logging
 import signal
 from typing import Any
 
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from gateway.container import bounded_pool
 from workers.redis_loss import REDIS_LOST, RedisLoss
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,43 @@ class KanmonWorker(Worker):
             log.warning("worker closing without Redis")
             if self.on_shutdown is not None:
                 await self.on_shutdown(self.ctx)
+            raise
+
+    async def main(self) -> None:
+        """arq's, on a pool of its own that gives up on each command after the gateway's bound
+        (container.REDIS_COMMAND_TIMEOUT_SECONDS), built once Redis answers. arq's pool had no
+        read timeout: a frozen Redis (accepting connections, answering nothing) held its
+        startup ping, or any poll later, for good, where a bounded command raises
+        redis' TimeoutError and the poll goes through the Redis-loss path like a refused one.
+
+        At startup the worker waits for Redis as it waits out a lost one: it says so once,
+        retries with the same growing, jittered wait, and says when Redis answered. Exiting
+        instead would only have it restarted into the same wait by its supervisor, with a
+        back-off that keeps growing after Redis is back; jobs wait in Redis either way, and a
+        signal still stops it at once."""
+        if self._pool is None:
+            self._pool = await self._answering_pool()
+        await super().main()
+
+    async def _answering_pool(self) -> ArqRedis:
+        assert self.redis_settings is not None  # arq keeps them when it was given no pool
+        pool = bounded_pool(
+            self.redis_settings,
+            default_queue_name=self.queue_name,
+            expires_extra_ms=self.expires_extra_ms,
+        )
+        try:
+            while True:
+                try:
+                    await pool.ping()
+                except REDIS_LOST as error:
+                    self._redis.failed(error)
+                else:
+                    self._redis.answered()
+                    return pool
+                await asyncio.sleep(self._redis.next_delay())
+        except BaseException:
+            await pool.aclose()
             raise
 
     async def _poll_iteration(self) -> None:

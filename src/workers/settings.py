@@ -9,7 +9,7 @@ import httpx
 from arq import cron
 from arq.worker import Function, func
 
-from gateway.container import build_services, connect_redis, redis_settings
+from gateway.container import build_services, redis_client, redis_settings
 from gateway.core.db import close_database, database_is_open, open_database
 from gateway.core.jobs import (
     JOB_BACKUP_CODES_INVALIDATE,
@@ -81,8 +81,7 @@ def worker_options(settings: Settings, queue: str) -> dict[str, Any]:
         if ctx["owns_database"]:
             await open_database(settings.resolved_database_url())
         assert settings.redis_url is not None
-        redis = await connect_redis(settings.redis_url)
-        services = build_services(settings, redis)
+        services = build_services(settings, redis_client(settings.redis_url))
         ctx["services"] = services
         if queue == QUEUE_SMS:
             ctx["http"] = httpx.AsyncClient()

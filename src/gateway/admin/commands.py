@@ -30,7 +30,7 @@ from gateway.arguments import whole_number
 from gateway.settings import ConfigurationError, Settings
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
+    from arq.connections import ArqRedis, RedisSettings
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1
@@ -151,12 +151,14 @@ async def _database(settings: Settings) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def _redis(settings: Settings) -> AsyncIterator[ArqRedis]:
-    from gateway.container import connect_redis
+    from gateway.container import redis_client
 
     if not settings.redis_url:
         raise ConfigurationError("KANMON_REDIS_URL is required")
-    redis = await connect_redis(settings.redis_url)
+    redis = redis_client(settings.redis_url)
     try:
+        # Before any change: a command that cannot reach Redis stops here, having done nothing.
+        await redis.ping()
         yield redis
     finally:
         await redis.aclose()
@@ -468,15 +470,26 @@ def _backend_error(exc: Exception) -> bool:
 def check_worker(options: Mapping[str, Any]) -> int:
     """`kanmon worker --queue Q --check`, for probes: 0 when the queue's arq health-check key
     exists (a worker refreshes it every health_check_interval and it expires soon after), else
-    1, also when Redis cannot be reached."""
-    from arq.worker import check_health
+    1, also when Redis cannot be reached. Read with the command bound (arq's `check_health`
+    pings with none): against a frozen Redis the probe fails in seconds instead of hanging
+    until the orchestrator kills it."""
     from redis.exceptions import RedisError
 
     key = options["health_check_key"]
     try:
-        healthy = check_health(dict(options)) == 0
+        healthy = asyncio.run(_health_key_exists(options["redis_settings"], key))
     except (RedisError, OSError) as exc:
         print(f"kanmon worker: cannot reach Redis: {exc}", file=sys.stderr)
         return 1
     print(f"{key}: {'healthy' if healthy else 'no recent health check'}")
     return 0 if healthy else 1
+
+
+async def _health_key_exists(settings: RedisSettings, key: str) -> bool:
+    from gateway.container import bounded_pool
+
+    redis = bounded_pool(settings)
+    try:
+        return bool(await redis.exists(key))
+    finally:
+        await redis.aclose()
