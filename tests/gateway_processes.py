@@ -161,13 +161,13 @@ async def _wait_ready(gateway: Gateway) -> None:
         await gateway.until(ready, "readiness (/readyz 200)")
 
 
-async def start_gateway(
+async def spawn_gateway(
     settings: Settings,
     name: str,
     env: Mapping[str, str] | None = None,
     log_dir: Path | None = None,
 ) -> Gateway:
-    """`kanmon serve` on a free port, returned once /readyz says the database and Redis answer."""
+    """`kanmon serve` on a free port, returned at once: the caller waits for what it needs."""
     folder = log_dir or Path(tempfile.mkdtemp(prefix="kanmon-gateways-"))
     port = free_port()
     spawned = await _spawn(
@@ -176,7 +176,17 @@ async def start_gateway(
         process_environment(settings, env),
         folder,
     )
-    gateway = Gateway(spawned.name, spawned.process, spawned.log_path, port=port)
+    return Gateway(spawned.name, spawned.process, spawned.log_path, port=port)
+
+
+async def start_gateway(
+    settings: Settings,
+    name: str,
+    env: Mapping[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> Gateway:
+    """`kanmon serve` on a free port, returned once /readyz says the database and Redis answer."""
+    gateway = await spawn_gateway(settings, name, env, log_dir)
     try:
         await _wait_ready(gateway)
     except BaseException:
