@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -79,6 +80,17 @@ class KanmonProcess:
             return self.log_path.read_text(errors="replace")[-characters:]
         except OSError:
             return "<no log>"
+
+    def records(self) -> list[dict[str, Any]]:
+        """The process's log, every line a JSON record (a raw line fails the test)."""
+        output = self.log_path.read_text(errors="replace")
+        found = []
+        for line in output.splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise AssertionError(f"not a JSON log line: {line!r}\n{output[-4000:]}") from None
+        return found
 
     async def until(
         self, ready: Callable[[], Awaitable[Any]], what: str, seconds: float = START_SECONDS

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
 from gateway.accounts.clients import ClientKind
+from gateway.app import create_app
+from gateway.container import Services
 from tests.secrets_seen import remember
 
 PASSWORD = "correct horse battery"
@@ -90,3 +95,18 @@ async def sign_up(
     result = await data(client, SIGN_UP, {"u": username, "p": PASSWORD, "k": kind.value})
     token: str = result["signUp"]["token"]
     return token
+
+
+@asynccontextmanager
+async def app_client(services: Services, ip_address: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app over its own services and settings, seen from `ip_address`."""
+    app = create_app(services.settings, services)
+    transport = httpx.ASGITransport(app=app, client=(ip_address, 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def random_ip() -> str:
+    """A fresh private address, so per-IP counters left by other tests or earlier runs on a
+    shared Redis do not leak into this test."""
+    return "10." + ".".join(str(b) for b in secrets.token_bytes(3))

@@ -8,7 +8,6 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,8 +41,10 @@ from tests.graphql_client import (
     PASSWORD,
     SETTINGS,
     VERIFY,
+    app_client,
     data,
     gql,
+    random_ip,
     sign_up,
 )
 from tests.statements import counted_statements, on_postgres
@@ -217,21 +218,6 @@ async def clocked(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield Clocked(clock, clocked_services, http)
-
-
-@asynccontextmanager
-async def app_client(services: Services, ip_address: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app over its own services and settings, seen from `ip_address`."""
-    app = create_app(services.settings, services)
-    transport = httpx.ASGITransport(app=app, client=(ip_address, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
-
-
-def random_ip() -> str:
-    """A fresh private address, so per-IP counters left by other tests or earlier runs on a
-    shared Redis do not leak into this test."""
-    return "10." + ".".join(str(b) for b in secrets.token_bytes(3))
 
 
 # L2 ------------------------------------------------------------------------------------------

