@@ -50,7 +50,7 @@ from argon2 import extract_parameters
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import User
 from gateway.accounts.service import Client, IssuedSession, username_key
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core import otp
 from gateway.core.db import close_database, open_database
 from gateway.core.passwords import Passwords
@@ -557,7 +557,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if not settings.redis_url:
         raise SystemExit("KANMON_REDIS_URL is required")
     await open_database(settings.resolved_database_url())
-    redis = await connect_redis(settings.redis_url)
+    redis = redis_client(settings.redis_url)
     passwords = Passwords()
     services = build_services(settings, redis, passwords=passwords)
     try:

@@ -106,7 +106,7 @@ import keepalive  # noqa: E402
 from gateway.accounts.clients import ClientKind  # noqa: E402
 from gateway.accounts.models import Session, User  # noqa: E402
 from gateway.accounts.service import Client, username_key  # noqa: E402
-from gateway.container import Services, build_services, connect_redis  # noqa: E402
+from gateway.container import Services, build_services, redis_client  # noqa: E402
 from gateway.core import otp  # noqa: E402
 from gateway.core.crypto import new_token, token_digest  # noqa: E402
 from gateway.core.db import close_database, open_database  # noqa: E402
@@ -933,7 +933,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     log(f"fake FCM on {fcm.endpoint}; credentials at {credentials}: start the push worker now")
 
     await open_database(settings.resolved_database_url())
-    redis = await connect_redis(settings.redis_url)
+    redis = redis_client(settings.redis_url)
     services = build_services(settings, redis, passwords=Passwords())
     watches: list[Watch] = []
     extra: list[Watch] = []

@@ -51,7 +51,7 @@ import uvicorn
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import User
 from gateway.accounts.service import Client, username_key
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core.db import close_database, open_database
 from gateway.core.passwords import Passwords
 from gateway.factors.sms import phones
@@ -426,7 +426,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"could not listen on {settings.twilio_base_url}")
 
     await open_database(settings.resolved_database_url())
-    redis = await connect_redis(settings.redis_url)
+    redis = redis_client(settings.redis_url)
     services = build_services(settings, redis, passwords=Passwords())
     try:
         setup_started = time.perf_counter()

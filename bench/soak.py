@@ -92,7 +92,7 @@ from websockets.typing import Subprotocol
 from gateway.accounts.clients import ClientKind
 from gateway.accounts.models import User
 from gateway.accounts.service import Client, username_key
-from gateway.container import Services, build_services, connect_redis
+from gateway.container import Services, build_services, redis_client
 from gateway.core import otp
 from gateway.core.db import apply_migrations, close_database, open_database
 from gateway.core.passwords import Passwords
@@ -1161,7 +1161,7 @@ async def soak(
         settings = Settings()
         await apply_migrations(settings.resolved_database_url())
         await open_database(settings.resolved_database_url())
-        redis = await connect_redis(redis_url)
+        redis = redis_client(redis_url)
         services = build_services(settings, redis, passwords=Passwords())
         cluster = await start_cluster(folder, ports)
         timeline = Timeline(started=time.perf_counter())
