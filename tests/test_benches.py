@@ -3,7 +3,8 @@
 They live outside `src/` and no other test imports them, so a renamed function in the gateway
 broke all four at import without failing the suite once. Every bench answers `--help` (which
 imports everything it uses); the login bench also runs for real, briefly, against a real
-`kanmon serve`, and must print its one JSON line with every phase done and no error.
+`kanmon serve`, and must print its one JSON line with every phase done and no error, and the
+argon2 ceiling bench runs against the bare server it starts itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gateway.settings import Settings
 from tests.gateway_processes import process_environment, running_gateways
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-SCRIPTS = ["login_totp.py", "push_approval.py", "sms_pipeline.py", "soak.py"]
+SCRIPTS = ["login_totp.py", "push_approval.py", "sms_pipeline.py", "soak.py", "argon2_ceiling.py"]
 RUN_SECONDS = 120.0
 
 
@@ -51,6 +52,24 @@ async def test_every_bench_imports_and_answers_help(script: str) -> None:
     code, out, err = await run_script(script, "--help")
     assert code == 0, err
     assert "usage:" in out
+
+
+async def test_argon2_ceiling_bench_runs_its_own_server() -> None:
+    code, out, err = await run_script(
+        "argon2_ceiling.py",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0",
+        "--runs",
+        "1",
+        "--concurrency",
+        "2",
+    )
+    assert code == 0, err
+    (run,) = json.loads(out)["runs"]
+    assert run["verifies_per_s"] > 0
+    assert run["ratio_to_bound"] > 0
 
 
 async def test_login_bench_runs_every_phase_against_a_real_gateway(settings: Settings) -> None:
