@@ -17,6 +17,7 @@ from gateway.core.jobs import deserialize, serialize
 from gateway.core.notices import Notifier
 from gateway.core.outbox import OutboxRelay
 from gateway.core.passwords import Passwords
+from gateway.core.redis_urls import unix_socket_settings
 from gateway.core.retention import RetentionPolicy
 from gateway.core.throttle import WindowCounter
 from gateway.core.uow import UnitOfWorkFactory
@@ -62,7 +63,7 @@ class Services:
 
 def redis_settings(url: str) -> RedisSettings:
     if url.startswith("unix://"):
-        settings = RedisSettings(unix_socket_path=url.removeprefix("unix://").split("?")[0])
+        settings = unix_socket_settings(url)
     else:
         settings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2

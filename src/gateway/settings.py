@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.db import with_pool_size
+from gateway.core.redis_urls import unix_socket_settings
 
 # What tortoise opens here: PostgreSQL through asyncpg, or SQLite.
 DATABASE_SCHEMES = ("postgres://", "asyncpg://", "sqlite://")
@@ -58,6 +59,7 @@ class Settings(BaseSettings):
     login_failures_per_ip: int = Field(default=100, ge=1)
     login_failure_window_seconds: int = Field(default=900, ge=1)
     signups_per_ip_per_hour: int = Field(default=20, ge=1)
+    websockets_per_ip: int = Field(default=100, ge=1)
 
     sms_resend_cooldown_seconds: int = Field(default=60, ge=0)
     sms_max_sends_per_challenge: int = Field(default=3, ge=1)
@@ -132,6 +134,8 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value and not value.startswith(REDIS_SCHEMES):
             raise ValueError("a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        if value and value.startswith("unix://"):
+            unix_socket_settings(value)
         return value
 
     @property
