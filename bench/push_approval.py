@@ -72,6 +72,8 @@ import asyncio
 import base64
 import contextlib
 import gc
+import ipaddress
+import itertools
 import json
 import math
 import os
@@ -517,15 +519,26 @@ async def fetch_requests(
 
 @dataclass
 class Watch:
-    """One web client's socket and subscription to one challenge."""
+    """One web client's socket and subscription to one challenge, from its own address: the
+    gateway holds each client address to KANMON_WEBSOCKETS_PER_IP sockets, and these stand for
+    thousands of browsers. It trusts X-Forwarded-For from 127.0.0.1 (uvicorn's default)."""
 
     user: AppUser
+    address: str = field(default_factory=lambda: client_address(next(_watch_numbers)))
     connection: ClientConnection | None = None
     first_status: str | None = None
     approved_at: float | None = None
     approved: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
     other: list[str] = field(default_factory=list)
+
+
+_watch_numbers = itertools.count(1)
+
+
+def client_address(number: int) -> str:
+    """The `number`th address of 10.0.0.0/8."""
+    return str(ipaddress.IPv4Address(0x0A000000 + number % 0xFFFFFF))
 
 
 async def _recv_json(connection: ClientConnection) -> dict[str, Any]:
@@ -569,6 +582,7 @@ async def open_watch(url: str, watch: Watch, errors: dict[str, int]) -> bool:
         connection = await connect(
             url,
             subprotocols=[PROTOCOL],
+            additional_headers={"X-Forwarded-For": watch.address},
             compression=None,
             ping_interval=None,
             open_timeout=STEP_SECONDS,

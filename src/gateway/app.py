@@ -24,6 +24,7 @@ from gateway.core.jobs import QUEUES, queue_key
 from gateway.core.metrics import OUTBOX_BACKLOG, QUEUE_DEPTH, render
 from gateway.core.outbox import OutboxMessage
 from gateway.graphql.schema import build_schema
+from gateway.graphql.socket_limits import WebSocketsPerAddress
 from gateway.graphql.view import KanmonGraphQL, RequestLimits
 from gateway.logs import RequestIdMiddleware
 from gateway.settings import Settings
@@ -113,7 +114,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     routes = [
         Route("/graphql", RequestLimits(graphql_app), methods=["GET", "POST"]),
-        WebSocketRoute("/graphql", graphql_app),
+        WebSocketRoute("/graphql", WebSocketsPerAddress(graphql_app, settings.websockets_per_ip)),
         *sms_webhook_routes(lambda: holder["services"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
