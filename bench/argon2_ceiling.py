@@ -33,11 +33,10 @@ from typing import Any
 
 from gateway.core.passwords import Passwords
 from keepalive import HttpError, KeepAliveConnection, RequestFailed
+from login_totp import PASSWORD, argon2_verify_cpu_seconds
 
 HOST = "127.0.0.1"
 WORKERS = 2
-PASSWORD = "bench horse battery staple"
-PROBE_ROUNDS = 10
 START_SECONDS = 30.0
 HERE = Path(__file__).resolve().parent
 
@@ -80,16 +79,6 @@ def free_port() -> int:
         probe.bind((HOST, 0))
         port: int = probe.getsockname()[1]
     return port
-
-
-def verify_cpu_seconds(passwords: Passwords, password_hash: str) -> float:
-    """CPU seconds of one lone verify, as the login bench probes it."""
-    hasher = passwords._hasher
-    hasher.verify(password_hash, PASSWORD)
-    before = time.process_time()
-    for _ in range(PROBE_ROUNDS):
-        hasher.verify(password_hash, PASSWORD)
-    return (time.process_time() - before) / PROBE_ROUNDS
 
 
 async def balanced_connections(port: int, count: int) -> list[KeepAliveConnection]:
@@ -138,9 +127,9 @@ async def one_run(port: int, args: argparse.Namespace, probe_hash: str) -> dict[
     connections = await balanced_connections(port, args.concurrency)
     try:
         await closed_loop(connections, args.warmup)
-        before = verify_cpu_seconds(passwords, probe_hash)
+        before = argon2_verify_cpu_seconds(passwords, probe_hash)
         done, elapsed = await closed_loop(connections, args.seconds)
-        after = verify_cpu_seconds(passwords, probe_hash)
+        after = argon2_verify_cpu_seconds(passwords, probe_hash)
     finally:
         for connection in connections:
             await connection.close()
