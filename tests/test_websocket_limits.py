@@ -74,12 +74,22 @@ async def opens_again(gateway: Gateway, address: str) -> None:
                 raise
 
 
+async def refused_so_far(gateway: Gateway) -> float:
+    """O3: kanmon_websockets_refused_total as /metrics reports it."""
+    async with gateway.http() as http:
+        text = (await http.get("/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("kanmon_websockets_refused_total ")]
+    return float(line.split()[1])
+
+
 async def test_g3_one_address_holds_at_most_the_limit(gateway: Gateway) -> None:
     address = random_ip()
     async with AsyncExitStack() as held:
         for _ in range(LIMIT):
             await held.enter_async_context(socket_from(gateway, address))
+        counted = await refused_so_far(gateway)
         refused = await refusal(gateway, address)
+        assert await refused_so_far(gateway) == counted + 1
         assert refused.response.status_code == 429
         assert refused.response.headers["Retry-After"].isdigit()
         (error,) = json.loads(refused.response.body)["errors"]

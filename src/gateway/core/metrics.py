@@ -62,6 +62,11 @@ OPEN_SUBSCRIPTIONS = Gauge(
     ["kind"],
     multiprocess_mode="livesum",
 )
+WEBSOCKETS_REFUSED = Counter(
+    "kanmon_websockets_refused_total",
+    "Websockets refused because their client address had KANMON_WEBSOCKETS_PER_IP open: a "
+    "rise with few clients means the gateway sees the proxy's address, not theirs.",
+)
 
 GC_PAUSE_SECONDS = Histogram(
     "kanmon_gc_pause_seconds",

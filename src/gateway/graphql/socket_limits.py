@@ -17,6 +17,7 @@ from collections import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.addresses import throttle_key
+from gateway.core.metrics import WEBSOCKETS_REFUSED
 
 RETRY_AFTER_SECONDS = 5
 # The ASGI extension that lets a websocket be refused with an HTTP answer of our choosing
@@ -57,6 +58,7 @@ class WebSocketsPerAddress:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        WEBSOCKETS_REFUSED.inc()
         if HTTP_RESPONSE_EXTENSION not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})
             return
