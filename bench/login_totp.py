@@ -12,6 +12,7 @@ Phases, each run for --seconds after --warmup seconds that are not counted:
   (b) full logins: `login` (argon2 verify on the server), then `verifyLoginChallenge` with TOTP,
       against the argon2 bound cores / CPU seconds of one verify with the server's parameters
       (the mean of probes just before and just after the phase: the machine's speed drifts);
+      bench/argon2_ceiling.py measures the ratio a bare server doing only verifies reaches here;
   (c) `viewer { securitySettings { ... } }` with bearer sessions.
 
 T2: a TOTP time step is accepted once per secret, and codes are good for the current step +-1.
