@@ -330,6 +330,38 @@ async def test_g2_huge_code_is_bad_user_input_and_counts_no_attempt(
     await assert_challenge_untouched(client, challenge, username, backup)
 
 
+async def test_g2_huge_password_at_reauthenticate_is_bad_user_input_and_counts_no_attempt(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    """As at login: an oversize password is refused for its shape, not as a wrong password, so
+    more of them than the per-account window allows leave the right password working."""
+    token = await sign_up(client, username)
+    reauthenticate = "mutation($p: String!) { reauthenticate(password: $p) }"
+    for _ in range(11):
+        body = await gql(client, reauthenticate, {"p": PASSWORD + "x" * 10_000}, token=token)
+        assert_bad_input(body)
+    assert await data(client, reauthenticate, {"p": PASSWORD}, token=token) == {
+        "reauthenticate": True
+    }
+
+
+async def test_g2_huge_code_at_enrollment_is_bad_user_input_and_counts_no_attempt(
+    client: httpx.AsyncClient, username: str
+) -> None:
+    """confirmTotpEnrollment and verifyPhone refuse an oversize code as verifyLoginChallenge
+    does: BAD_USER_INPUT, not a wrong code, and no failure counted."""
+    token = await sign_up(client, username)
+    enrollment = (await data(client, BEGIN_TOTP, token=token))["beginTotpEnrollment"]
+    huge = "1" * 10_000
+    assert_bad_input(await gql(client, CONFIRM_TOTP, {"c": huge}, token=token))
+    await data(client, CONFIRM_TOTP, {"c": pyotp.TOTP(enrollment["secret"]).now()}, token=token)
+    await data(client, ADD_PHONE, {"n": fresh_number()}, token=token)
+    verify_phone = "mutation($c: String!) { verifyPhone(code: $c) { verified } }"
+    assert_bad_input(await gql(client, verify_phone, {"c": huge}, token=token))
+    user = await User.get(username_key=username.casefold())
+    assert not await FactorThrottle.filter(user_id=user.id, consecutive_failures__gt=0).exists()
+
+
 async def test_g2_nul_characters_in_text_are_bad_user_input_and_change_nothing(
     client: httpx.AsyncClient, username: str
 ) -> None:

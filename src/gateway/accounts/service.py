@@ -27,6 +27,7 @@ from gateway.core.errors import (
     UsernameTaken,
 )
 from gateway.core.passwords import Passwords
+from gateway.core.sizes import require_password_size
 from gateway.core.throttle import WindowCounter
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.]{3,32}$")
@@ -293,13 +294,13 @@ class AccountService:
         return changed == 1
 
     async def reauthenticate(self, session: Session, password: str, ip_address: str | None) -> None:
-        """A3: proving the password again opens the recent-authentication window."""
+        """A3: proving the password again opens the recent-authentication window. Raises
+        BAD_USER_INPUT for an oversize password (G2, not counted), INVALID_CREDENTIALS."""
+        require_password_size(password)
         user = session.user
         attempt = await self.guard.check(user.username_key, ip_address)
         async with self.guard.released_on_error(attempt):
-            if len(password) > MAX_PASSWORD or not await self.passwords.verify(
-                user.password_hash, password
-            ):
+            if not await self.passwords.verify(user.password_hash, password):
                 await self.guard.failed(attempt)
                 raise InvalidCredentials("The password is incorrect.")
             await self.guard.succeeded(attempt)

@@ -27,6 +27,7 @@ from gateway.core.errors import (
 from gateway.core.events import challenge_channel
 from gateway.core.metrics import CHALLENGE_OUTCOMES
 from gateway.core.outcome import Outcome
+from gateway.core.sizes import MAX_PASSWORD_LENGTH, require_code_size
 from gateway.core.uow import UnitOfWork
 from gateway.factors.base import (
     METHOD_ORDER,
@@ -43,8 +44,6 @@ from gateway.login import store
 from gateway.login.models import ChallengeStatus, LoginChallenge
 
 MAX_WRONG_CODES = 5
-MAX_CODE_LENGTH = 64
-MAX_PASSWORD_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -277,8 +276,7 @@ class LoginService:
         """L2, L5, L7, F5: one code against one challenge; a success spends the challenge and
         issues exactly one session. Wrong codes are counted and committed before the error is
         reported."""
-        if len(code) > MAX_CODE_LENGTH:
-            raise BadUserInput("The code is too long.")
+        require_code_size(code)
         challenge = await self.lock_challenge(challenge_id, token)
         now = self._clock()
         self._check_open(challenge, now)

@@ -16,6 +16,7 @@ from gateway.core.errors import BadUserInput, InvalidCode, MethodNotAvailable
 from gateway.core.events import challenge_channel
 from gateway.core.notices import Notice, notice_job
 from gateway.core.outcome import Outcome
+from gateway.core.sizes import require_code_size
 from gateway.core.uow import UnitOfWork
 from gateway.factors.backup_codes.service import BackupCodeService, IssuedBackupCode
 from gateway.factors.base import METHOD_ORDER, PRIMARY_METHODS, TwoFactorMethod
@@ -171,7 +172,9 @@ class SecurityService:
     ) -> Outcome[PhoneView]:
         """S1, F5, A3: a wrong code counts toward the SMS back-off and is committed as such.
         Replacing a verified number removes it: that needs a recent password, is recorded,
-        and the old number hears of it (a stolen session must not move 2FA to its phone)."""
+        and the old number hears of it (a stolen session must not move 2FA to its phone).
+        G2: an oversize code is BAD_USER_INPUT and counts nothing."""
+        require_code_size(code)
         user_id = session.user.id
         await lock_user(user_id)
         phone = await self._sms.phone(user_id)
@@ -247,7 +250,9 @@ class SecurityService:
 
     async def confirm_totp(self, session: Session, code: str) -> SettingsView:
         """T1: TOTP is on once a code from the new secret is accepted. A3: confirming a new
-        secret removes the old one, so it needs a recent password and is recorded as such."""
+        secret removes the old one, so it needs a recent password and is recorded as such.
+        G2: an oversize code is BAD_USER_INPUT, as at login."""
+        require_code_size(code)
         user_id = session.user.id
         await lock_user(user_id)
         replacing = (await method_summary(user_id)).totp
