@@ -440,6 +440,27 @@ async def test_g4_invalid_authorization_in_connection_init_closes_with_4403(
         assert await socket.wait_closed() == 4403
 
 
+async def test_g4_connection_init_credentials_decide_over_the_upgrade_header(
+    gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient
+) -> None:
+    """The socket's credential is `connection_init`'s: an invalid token there closes 4403
+    even after an upgrade request with a valid Authorization header, and a valid one is not
+    refused for a stale header."""
+    gateway_a, _ = gateways
+    user = await prepare_user(http_a)
+    valid = {"Authorization": f"Bearer {user.token}"}
+    async with open_socket(gateway_a.ws_url, headers=valid) as socket:
+        answer = await socket.initialise({"authorization": "Bearer not-a-session-token"})
+        assert answer.type == "closed"
+        assert await socket.wait_closed() == 4403
+    stale = {"Authorization": "Bearer not-a-session-token"}
+    async with open_socket(gateway_a.ws_url, headers=stale) as socket:
+        answer = await socket.initialise({"authorization": f"Bearer {user.token}"})
+        assert answer.type == "connection_ack"
+        viewer = await (await socket.subscribe(VIEWER)).next()
+        assert viewer["viewer"]["username"] == user.username
+
+
 async def test_g4_login_challenge_with_a_wrong_token_is_not_found(
     gateways: tuple[Gateway, Gateway], http_a: httpx.AsyncClient
 ) -> None:

@@ -177,10 +177,15 @@ class GraphQLSocket:
 
 
 @asynccontextmanager
-async def open_socket(url: str) -> AsyncIterator[GraphQLSocket]:
-    """A graphql-transport-ws socket whose `connection_init` the caller sends."""
+async def open_socket(
+    url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[GraphQLSocket]:
+    """A graphql-transport-ws socket whose `connection_init` the caller sends; `headers` go
+    on the upgrade request (native clients can send some)."""
     async with asyncio.timeout(WAIT_SECONDS):
-        connection = await connect(url, subprotocols=[PROTOCOL], open_timeout=WAIT_SECONDS)
+        connection = await connect(
+            url, subprotocols=[PROTOCOL], open_timeout=WAIT_SECONDS, additional_headers=headers
+        )
     if connection.subprotocol != PROTOCOL:
         await connection.close()
         raise ProtocolViolation(f"server chose subprotocol {connection.subprotocol!r}")

@@ -40,11 +40,15 @@ class GraphQLContext:
         return self.request.client.host if self.request.client else None
 
     def _authorization(self) -> str:
-        """The Authorization header, or on a websocket `connection_init`'s `authorization`."""
-        header = self.request.headers.get("authorization", "")
-        if not header and self.connection_params:
-            header = str(self.connection_params.get("authorization") or "")
-        return header
+        """The Authorization header; on a websocket, `connection_init`'s `authorization` when
+        it has one (G4 names that payload as the socket's credential, so an invalid token there
+        closes 4403 even when the upgrade request carried a valid header, and a stale header
+        never refuses a valid payload). The upgrade's header counts only without one."""
+        if self.connection_params:
+            presented = str(self.connection_params.get("authorization") or "")
+            if presented.strip():
+                return presented
+        return str(self.request.headers.get("authorization", ""))
 
     def presents_credentials(self) -> bool:
         """Whether the client sent an authorization at all, usable or not."""
