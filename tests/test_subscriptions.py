@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -602,6 +603,28 @@ async def test_g2_a_message_nested_thousands_deep_closes_the_socket_4400(
     nested = "[" * 5000 + "]" * 5000
     async with graphql_socket(gateway_a.ws_url) as socket:
         await socket.connection.send(f'{{"id": "x", "type": "subscribe", "payload": {nested}}}')
+        assert await socket.wait_closed() == 4400
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        [{"type": "ping"}],
+        {"id": ["x"], "type": "subscribe", "payload": {"query": "{ __typename }"}},
+        {"id": {"x": 1}, "type": "subscribe", "payload": {"query": "{ __typename }"}},
+        {"id": 5, "type": "subscribe", "payload": {"query": "{ __typename }"}},
+        {"id": None, "type": "subscribe", "payload": {"query": "{ __typename }"}},
+        {"id": ["x"], "type": "complete"},
+    ],
+)
+async def test_g1_a_message_the_protocol_does_not_specify_closes_the_socket_4400(
+    gateways: tuple[Gateway, Gateway], message: object
+) -> None:
+    """graphql-transport-ws: messages are JSON objects and operation ids are strings; any
+    other message closes 4400, never drops the socket without a code nor runs."""
+    gateway_a, _ = gateways
+    async with graphql_socket(gateway_a.ws_url) as socket:
+        await socket.connection.send(json.dumps(message))
         assert await socket.wait_closed() == 4400
 
 

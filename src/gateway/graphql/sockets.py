@@ -13,7 +13,10 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import SubscribeMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    Message,
+    SubscribeMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage,
@@ -42,9 +45,30 @@ def well_formed(payload: object) -> bool:
     return isinstance(variables, dict | None) and isinstance(name, str | None)
 
 
+# Messages that name an operation: the protocol gives them a string `id`.
+OPERATION_MESSAGES = frozenset({"subscribe", "complete"})
+
+
+def well_formed_message(message: object) -> bool:
+    """A JSON object, and a string `id` on the messages that carry one. Strawberry indexes
+    the message and keys its operations by the id: an array, or an id that is an array or
+    an object, would fail inside the handler and drop the socket without a close code."""
+    if not isinstance(message, dict):
+        return False
+    return message.get("type") not in OPERATION_MESSAGES or isinstance(message.get("id"), str)
+
+
 class TransportWSHandler(BaseGraphQLTransportWSHandler[GraphQLContext, None]):
-    """graphql-transport-ws: a `subscribe` whose payload is not well formed closes 4400, as
-    the protocol says of invalid messages (strawberry would run it and fail inside)."""
+    """graphql-transport-ws: a message that is not one the protocol specifies (not an object,
+    an operation id that is not a string, a `subscribe` whose payload is not well formed)
+    closes 4400, as the protocol says of invalid messages (strawberry would run it and fail
+    inside)."""
+
+    async def handle_message(self, message: Message) -> None:
+        if not well_formed_message(message):
+            await self.handle_invalid_message("Invalid message")
+            return
+        await super().handle_message(message)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         if not well_formed(message.get("payload")):
