@@ -27,12 +27,11 @@ from gateway.core.errors import (
     UsernameTaken,
 )
 from gateway.core.passwords import Passwords
-from gateway.core.sizes import require_password_size
+from gateway.core.sizes import MAX_PASSWORD_LENGTH, require_password_size
 from gateway.core.throttle import WindowCounter
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.]{3,32}$")
 MIN_PASSWORD = 8
-MAX_PASSWORD = 256
 HOUR = 3600
 
 
@@ -67,8 +66,8 @@ def validate_username(username: str) -> None:
 
 
 def validate_password_shape(password: str) -> None:
-    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise BadUserInput(f"Passwords have {MIN_PASSWORD} to {MAX_PASSWORD} characters.")
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise BadUserInput(f"Passwords have {MIN_PASSWORD} to {MAX_PASSWORD_LENGTH} characters.")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from collections import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.addresses import throttle_key
+from gateway.core.errors import RateLimited
 from gateway.core.metrics import WEBSOCKETS_REFUSED
 
 RETRY_AFTER_SECONDS = 5
@@ -31,9 +32,6 @@ class WebSocketsPerAddress:
         self.app = app
         self.limit = limit
         self._open: Counter[str] = Counter()
-
-    def open_from(self, address: str) -> int:
-        return self._open[throttle_key(address)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -62,22 +60,11 @@ class WebSocketsPerAddress:
         if HTTP_RESPONSE_EXTENSION not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps(
-            {
-                "data": None,
-                "errors": [
-                    {
-                        "message": (
-                            f"At most {self.limit} websockets may be open from one address."
-                        ),
-                        "extensions": {
-                            "code": "RATE_LIMITED",
-                            "retryAfter": RETRY_AFTER_SECONDS,
-                        },
-                    }
-                ],
-            }
-        ).encode()
+        refusal = RateLimited(
+            RETRY_AFTER_SECONDS, f"At most {self.limit} websockets may be open from one address."
+        )
+        error = {"message": refusal.message, "extensions": refusal.extensions}
+        body = json.dumps({"data": None, "errors": [error]}).encode()
         await send(
             {
                 "type": "websocket.http.response.start",
